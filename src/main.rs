@@ -1,0 +1,4 @@
+//! The `edgethumb` command line.
+fn main() {
+    println!("edgethumb {}", edgethumb::VERSION);
+}

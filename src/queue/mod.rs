@@ -1,0 +1,81 @@
+//! The `JobQueue` port: how render jobs travel from the edge to the worker.
+//!
+//! Adapters: [`sqs`] (AWS SQS) and [`local`] (a durable spool directory, the embedded
+//! default). Both are at-least-once: a received message that is not acked before its
+//! visibility timeout comes back.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// A received message. `receipt` acks or extends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub id: String,
+    pub receipt: String,
+    pub body: String,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+}
+
+/// An entry of a batch send that still failed after retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedEntry {
+    /// Index into the slice given to `send_batch`.
+    pub index: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("message is {size} bytes, over the queue's limit of {limit}")]
+    MessageTooLarge { size: usize, limit: usize },
+    #[error("{operation} on {queue} failed (retryable: {retryable}): {message}")]
+    Backend {
+        operation: &'static str,
+        queue: String,
+        retryable: bool,
+        message: String,
+    },
+    #[error("unknown or expired receipt {0:?}")]
+    InvalidReceipt(String),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl QueueError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            QueueError::Backend { retryable, .. } => *retryable,
+            QueueError::Io { .. } => true,
+            QueueError::MessageTooLarge { .. } | QueueError::InvalidReceipt(_) => false,
+        }
+    }
+}
+
+/// The job-queue port.
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Queue name or URL, for logs.
+    fn name(&self) -> &str;
+    /// Send one message; returns its id.
+    async fn send(&self, body: &str) -> Result<String, QueueError>;
+    /// Send many (10 per request for SQS), retrying only the failed entries; returns the
+    /// entries that still failed. An error means nothing could be sent at all.
+    async fn send_batch(&self, bodies: &[String]) -> Result<Vec<FailedEntry>, QueueError>;
+    /// Receive up to `max` (≤ 10) messages, waiting up to `wait` for the first one.
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError>;
+    /// Acknowledge (delete) a message.
+    async fn ack(&self, receipt: &str) -> Result<(), QueueError>;
+    /// Keep a message invisible for `visibility` more, for long jobs.
+    async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError>;
+}
