@@ -4,6 +4,8 @@
 //! default). Both are at-least-once: a received message that is not acked before its
 //! visibility timeout comes back.
 
+pub mod memory;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,4 +80,16 @@ pub trait JobQueue: Send + Sync {
     async fn ack(&self, receipt: &str) -> Result<(), QueueError>;
     /// Keep a message invisible for `visibility` more, for long jobs.
     async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError>;
+}
+
+/// SQS's default (and, until 2025, maximum) message size: 256 KiB. Adapters refuse bigger
+/// bodies before sending so the caller gets a clear error rather than an opaque 400.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// SQS returns at most 10 messages per receive and takes at most 10 entries per batch.
+pub const MAX_BATCH: usize = 10;
+
+/// `receive` takes 1..=10 like SQS; out-of-range values are clamped, not refused, so a
+/// caller's `0` cannot turn into a busy loop that never returns anything.
+pub(crate) fn clamp_receive_max(max: u32) -> usize {
+    (max as usize).clamp(1, MAX_BATCH)
 }

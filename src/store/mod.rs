@@ -4,6 +4,8 @@
 //! embedded default). Handlers are generic over the trait so the very same code runs at
 //! the edge, in the worker and in `edgethumb serve`.
 
+pub mod memory;
+
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -54,6 +56,14 @@ pub struct ListPage {
 pub enum StoreError {
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
+    /// The request itself is invalid (too many tags, bad tag characters...): retrying the
+    /// same request cannot help.
+    #[error("invalid request for {bucket}/{key}: {reason}")]
+    InvalidRequest {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
     #[error("access denied to {bucket}/{key}")]
     AccessDenied { bucket: String, key: String },
     #[error("no such bucket {bucket}")]
@@ -88,6 +98,7 @@ impl StoreError {
             StoreError::Backend { retryable, .. } => *retryable,
             StoreError::Io { .. } => true,
             StoreError::InvalidKey { .. }
+            | StoreError::InvalidRequest { .. }
             | StoreError::AccessDenied { .. }
             | StoreError::NoSuchBucket { .. }
             | StoreError::TooLarge { .. } => false,
@@ -121,4 +132,68 @@ pub trait ObjectStore: Send + Sync {
     ) -> Result<ListPage, StoreError>;
     /// Deleting a missing key succeeds, as in S3.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// S3 refuses more tags than this on one object.
+pub const MAX_TAGS: usize = 10;
+/// S3's largest key, in UTF-8 bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// S3's largest listing page.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The ETag S3 gives a single-part upload: the body's MD5, hex, in double quotes.
+pub fn md5_etag(body: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    format!("\"{}\"", hex::encode(Md5::digest(body)))
+}
+
+/// The key rules every adapter shares (S3's own): non-empty, at most 1024 bytes.
+pub(crate) fn check_s3_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidKey {
+            key: key.to_string(),
+            reason: "empty key",
+        });
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(StoreError::InvalidKey {
+            key: key.to_string(),
+            reason: "longer than 1024 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// S3's tag limits, checked up front so every adapter refuses the same requests.
+pub(crate) fn check_tags(
+    bucket: &str,
+    key: &str,
+    tags: &BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    let invalid = |reason: String| StoreError::InvalidRequest {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        reason,
+    };
+    if tags.len() > MAX_TAGS {
+        return Err(invalid(format!(
+            "{} tags, S3 allows {MAX_TAGS}",
+            tags.len()
+        )));
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.chars().count() > 128 {
+            return Err(invalid(format!("tag key {k:?} must be 1..=128 characters")));
+        }
+        if v.chars().count() > 256 {
+            return Err(invalid(format!("tag {k:?} value over 256 characters")));
+        }
+    }
+    Ok(())
+}
+
+/// Page sizes outside S3's 1..=1000 are clamped rather than refused: callers ask for
+/// "a page", and a zero would otherwise loop forever.
+pub(crate) fn clamp_page_size(page_size: u32) -> usize {
+    page_size.clamp(1, MAX_PAGE_SIZE) as usize
 }
