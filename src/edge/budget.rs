@@ -1,0 +1,157 @@
+//! Fitting a generated response under Lambda@Edge's 1 MB limit.
+//!
+//! CloudFront answers 502 when a trigger returns a generated response over the limit, so
+//! we measure the serialised response before returning it and re-encode with cheaper
+//! settings (same dimensions) until it fits, or report that it cannot fit and let the
+//! worker's canonical copy (not bound by the limit) serve the next request.
+
+use std::time::Instant;
+
+use crate::pipeline::{EncodeSpec, PipelineError, Prepared};
+use crate::variant::OutputFormat;
+
+/// Qualities tried, in order, after the requested one failed to fit.
+const QUALITY_LADDER: [u8; 5] = [70, 55, 40, 28, 15];
+
+/// Length of `n` bytes once base64-encoded (with padding).
+pub fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+/// The encodes to try for `requested`, cheapest last. The requested spec comes first;
+/// PNG (lossless, often huge for photos) falls back to lossy WebP, which keeps alpha.
+pub fn fallback_specs(requested: EncodeSpec) -> Vec<EncodeSpec> {
+    let mut specs = vec![requested];
+    let lossy_base = if requested.format.is_lossy() {
+        requested
+    } else {
+        let webp = EncodeSpec {
+            format: OutputFormat::Webp,
+            quality: 90,
+            progressive: false,
+            ..requested
+        };
+        specs.push(webp);
+        webp
+    };
+    specs.extend(
+        QUALITY_LADDER
+            .iter()
+            .filter(|&&q| q < lossy_base.quality)
+            .map(|&q| EncodeSpec {
+                quality: q,
+                ..lossy_base
+            }),
+    );
+    specs
+}
+
+/// An encode that fits, and which spec produced it.
+#[derive(Debug)]
+pub struct Fitted {
+    pub bytes: Vec<u8>,
+    pub spec: EncodeSpec,
+    /// How many encodes it took.
+    pub attempts: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    #[error(
+        "no encode fits the response budget of {budget} bytes after {attempts} attempts (smallest body {smallest} bytes)"
+    )]
+    DoesNotFit {
+        budget: usize,
+        attempts: usize,
+        smallest: usize,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Encode `prepared` with the first spec whose response fits: `overhead` is the serialised
+/// response without its body, `budget` the limit for the whole response. Stops trying new
+/// encodes once `deadline` has passed.
+pub fn fit(
+    prepared: &Prepared,
+    requested: EncodeSpec,
+    overhead: usize,
+    budget: usize,
+    deadline: Instant,
+) -> Result<Fitted, BudgetError> {
+    let mut smallest = usize::MAX;
+    let mut attempts = 0;
+    let body_budget = budget.saturating_sub(overhead);
+    let specs = fallback_specs(requested);
+    let mut index = 0;
+    while index < specs.len() {
+        let spec = specs[index];
+        if attempts > 0 && Instant::now() >= deadline {
+            break;
+        }
+        attempts += 1;
+        let bytes = prepared.encode(&spec)?;
+        let encoded = base64_len(bytes.len());
+        if encoded <= body_budget {
+            return Ok(Fitted {
+                bytes,
+                spec,
+                attempts,
+            });
+        }
+        smallest = smallest.min(bytes.len());
+        // Far over budget: a small quality step will not do, skip a rung.
+        index += if encoded > body_budget * 3 { 2 } else { 1 };
+    }
+    Err(BudgetError::DoesNotFit {
+        budget,
+        attempts,
+        smallest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Profile;
+
+    fn spec(format: OutputFormat, quality: u8) -> EncodeSpec {
+        EncodeSpec {
+            format,
+            quality,
+            progressive: false,
+            profile: Profile::Fast,
+        }
+    }
+
+    #[test]
+    fn base64_lengths() {
+        assert_eq!(base64_len(0), 0);
+        assert_eq!(base64_len(1), 4);
+        assert_eq!(base64_len(3), 4);
+        assert_eq!(base64_len(4), 8);
+        assert_eq!(base64_len(750_000), 1_000_000);
+    }
+
+    #[test]
+    fn lossy_ladder_only_lowers_quality_and_keeps_format() {
+        let specs = fallback_specs(spec(OutputFormat::Jpeg, 80));
+        assert_eq!(specs[0], spec(OutputFormat::Jpeg, 80));
+        let qualities: Vec<u8> = specs.iter().map(|s| s.quality).collect();
+        assert_eq!(qualities, vec![80, 70, 55, 40, 28, 15]);
+        assert!(specs.iter().all(|s| s.format == OutputFormat::Jpeg));
+        let low = fallback_specs(spec(OutputFormat::Webp, 30));
+        assert_eq!(
+            low.iter().map(|s| s.quality).collect::<Vec<_>>(),
+            vec![30, 28, 15]
+        );
+    }
+
+    #[test]
+    fn png_falls_back_to_webp() {
+        let specs = fallback_specs(spec(OutputFormat::Png, 80));
+        assert_eq!(specs[0].format, OutputFormat::Png);
+        assert!(specs[1..].iter().all(|s| s.format == OutputFormat::Webp));
+        assert_eq!(specs[1].quality, 90);
+    }
+}
