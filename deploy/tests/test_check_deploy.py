@@ -384,3 +384,55 @@ def test_missing_template_is_a_usage_error(tmp_path):
     result = run_cli(tmp_path / "nope.yaml")
     assert result.returncode == 2
     assert "no template" in result.stderr
+
+
+# --------------------------------------------------------------------------- after SAM's transform
+
+
+@pytest.fixture(scope="module")
+def transformed(real) -> dict:
+    """The template as CloudFormation will see it: SAM's own translator, run offline."""
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:  # the template names no managed policies by short name
+        def load(self) -> dict:
+            return {}
+
+    data = copy.deepcopy(real)
+    for fn in ("WorkerFunction", "EdgeFunction"):
+        data["Resources"][fn]["Properties"]["CodeUri"] = f"s3://artifacts/{fn}.zip"  # what `sam deploy` uploads
+    saved = os.environ.get("AWS_DEFAULT_REGION")
+    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"  # the translator's pseudo-parameters; no call is made
+    try:
+        return json.loads(json.dumps(transform(data, {}, NoManagedPolicies())))
+    finally:
+        if saved is None:
+            del os.environ["AWS_DEFAULT_REGION"]
+        else:
+            os.environ["AWS_DEFAULT_REGION"] = saved
+
+
+def test_transformed_template_associates_a_retained_lambda_version(transformed):
+    (assoc,) = variant_behaviour(transformed)["LambdaFunctionAssociations"]
+    version = transformed["Resources"][assoc["LambdaFunctionARN"]["Ref"]]
+    assert version["Type"] == "AWS::Lambda::Version"
+    assert version["DeletionPolicy"] == "Retain"  # old versions stay for --rollback-edge
+
+
+def test_transformed_template_passes(tmp_path, transformed):
+    result = run_check(write(tmp_path, transformed), "--no-edge-zip")
+    assert result.returncode == 0, result.stdout
+    assert "worker WorkerFunction on RenderQueue" in result.stdout
+
+
+def test_transformed_template_with_alias_association_is_refused(tmp_path, transformed):
+    broken = copy.deepcopy(transformed)
+    (alias,) = [k for k, v in broken["Resources"].items() if v["Type"] == "AWS::Lambda::Alias"]
+    association(broken)["LambdaFunctionARN"] = {"Ref": alias}
+    assert_refused(run_check(write(tmp_path, broken), "--no-edge-zip"), f"associates alias {alias}")
+
+
+def test_transformed_template_with_arm64_edge_is_refused(tmp_path, transformed):
+    broken = copy.deepcopy(transformed)
+    broken["Resources"]["EdgeFunction"]["Properties"]["Architectures"] = ["arm64"]
+    assert_refused(run_check(write(tmp_path, broken), "--no-edge-zip"), "EdgeFunction: Architectures ['arm64'] must be [x86_64]")
