@@ -132,8 +132,10 @@ check_offline() {
   "$PY" "$ROOT/scripts/check_deploy.py" "$TEMPLATE" --edge-zip "$EDGE_ZIP"
 }
 
+# Runs in deploy/, where SAM reads and (with --guided) writes samconfig.toml. (--config-file is
+# not passed: SAM refuses one that does not exist yet.)
 sam_deploy() {
-  local args=(deploy --template-file "$TEMPLATE" --config-file "$SAMCONFIG" --stack-name "$stack_name"
+  local args=(deploy --template-file "$TEMPLATE" --stack-name "$stack_name"
     --region "$REGION" --no-fail-on-empty-changeset)
   if [ "$guided" = 1 ] && [ ! -f "$SAMCONFIG" ]; then
     args+=(--guided)
@@ -143,7 +145,7 @@ sam_deploy() {
     args+=(--capabilities CAPABILITY_IAM --resolve-s3 --no-confirm-changeset)
   fi
   say "sam ${args[*]} ${sam_args[*]}"
-  "$SAM" "${args[@]}" "${sam_args[@]}"
+  (cd "$ROOT/deploy" && "$SAM" "${args[@]}" "${sam_args[@]}")
 }
 
 print_rollback() {
@@ -227,6 +229,9 @@ sam_deploy
 read_outputs >"$STATE/outputs.json"
 if bake_config "$STATE/outputs.json"; then
   say "edge config changed: publishing a configured edge version"
+  if [ "$guided" = 1 ] && [ ! -f "$SAMCONFIG" ]; then
+    die "the guided answers were not saved to $SAMCONFIG; rerun with --guided and save them (the second deploy must reuse your parameters)"
+  fi
   check_offline
   guided=0
   sam_deploy
