@@ -6,15 +6,18 @@
 #   scripts/deploy.sh --outputs [--stack-name NAME]
 #
 # Deploy does, in order:
-#   1. scripts/package.sh            -> target/lambda/edge.zip, target/lambda/worker.zip
-#   2. if the stack exists: edgethumb.json from its outputs (scripts/edge_config.py), baked
-#      into edge.zip, so this deploy already publishes a correctly configured edge version
+#   1. edgethumb.json from the stack's outputs (scripts/edge_config.py), if the stack exists
+#   2. scripts/package.sh [edgethumb.json] -> target/lambda/edge.zip (config baked in, loaded
+#      under node by package.sh), target/lambda/worker.zip; without a stack yet, package.sh's
+#      placeholder config
 #   3. offline checks: cfn-lint, scripts/check_deploy.py (template + bundle + baked config)
 #   4. sam deploy                    -> stack create/update, a new edge version if edge.zip changed
 #   5. edgethumb.json from the outputs as they are now; if it differs from the baked one (first
-#      deploy, or a queue was replaced), bake it and sam deploy again, which publishes a new
-#      numbered edge version and re-associates the distribution with it
+#      deploy, or a queue was replaced): rebuild edge.zip with it and sam deploy again, which
+#      publishes a new numbered edge version and re-associates the distribution with it
 #   6. print the outputs and how to roll back
+# --skip-package deploys the zips already in target/lambda, baking the config into edge.zip
+# directly (scripts/edge_config.py inject) instead of rebuilding it.
 #
 # Needs AWS credentials for the target account (any way boto3 finds them) and the deploy tools
 # that scripts/validate_deploy.sh installs into the project venv. Nothing else is downloaded.
@@ -29,6 +32,7 @@ EDGE_ZIP="$ROOT/target/lambda/edge.zip"
 WORKER_ZIP="$ROOT/target/lambda/worker.zip"
 REGION=us-east-1 # Lambda@Edge functions are created only in us-east-1
 STATE="$ROOT/target/deploy"
+EDGE_CONFIG="$STATE/edgethumb.json"
 
 export AWS_DEFAULT_REGION="$REGION" AWS_REGION="$REGION"
 export SAM_CLI_TELEMETRY=0
@@ -111,19 +115,29 @@ z = zipfile.ZipFile(sys.argv[1])
 sys.stdout.write(z.read("edgethumb.json").decode() if "edgethumb.json" in z.namelist() else "")' "$EDGE_ZIP"
 }
 
-# Generate edgethumb.json from OUTPUTS_FILE and bake it into edge.zip. Returns 0 when the
-# bundle changed, 1 when it already held that config; any failure ends the script (callers
-# test the status, which would otherwise switch off set -e inside).
-bake_config() {
-  local outputs_file="$1" config="$STATE/edgethumb.json" baked
-  "$PY" "$ROOT/scripts/edge_config.py" generate --outputs "$outputs_file" -o "$config" >&2 ||
+# Generate edgethumb.json from OUTPUTS_FILE into $STATE; 0 if edge.zip holds another config
+# (or none), 1 if it already holds this one. Any failure ends the script (callers test the
+# status, which would otherwise switch off set -e inside).
+config_differs() {
+  local outputs_file="$1" baked=""
+  "$PY" "$ROOT/scripts/edge_config.py" generate --outputs "$outputs_file" -o "$EDGE_CONFIG" >&2 ||
     die "cannot generate the edge config from $outputs_file"
-  baked="$(baked_config)" || die "cannot read $EDGE_ZIP"
-  if [ "$baked" = "$(cat "$config")" ]; then
-    return 1
+  if [ -f "$EDGE_ZIP" ]; then
+    baked="$(baked_config)" || die "cannot read $EDGE_ZIP"
   fi
-  "$PY" "$ROOT/scripts/edge_config.py" inject --zip "$EDGE_ZIP" --config "$config" >&2 ||
-    die "cannot bake the edge config into $EDGE_ZIP"
+  [ "$baked" != "$(cat "$EDGE_CONFIG")" ]
+}
+
+# Put $EDGE_CONFIG into edge.zip: rebuilt by package.sh (which loads it under node), or with
+# --skip-package written into the existing zip.
+bake_config() {
+  if [ "$skip_package" = 1 ]; then
+    "$PY" "$ROOT/scripts/edge_config.py" inject --zip "$EDGE_ZIP" --config "$EDGE_CONFIG" >&2 ||
+      die "cannot bake the edge config into $EDGE_ZIP"
+  else
+    say "rebuilding edge.zip with the stack's config (scripts/package.sh)"
+    EDGETHUMB_PACKAGE_ONLY=edge bash "$ROOT/scripts/package.sh" "$EDGE_CONFIG" || die "scripts/package.sh failed"
+  fi
 }
 
 check_offline() {
@@ -206,38 +220,43 @@ PY
 fi
 
 # ------------------------------------------------------------------ deploy
-if [ "$skip_package" = 0 ]; then
-  [ -x "$ROOT/scripts/package.sh" ] || [ -f "$ROOT/scripts/package.sh" ] || die "scripts/package.sh is missing"
-  say "building the bundles (scripts/package.sh)"
-  bash "$ROOT/scripts/package.sh"
-fi
-[ -f "$EDGE_ZIP" ] || die "$EDGE_ZIP is missing (run scripts/package.sh)"
-[ -f "$WORKER_ZIP" ] || die "$WORKER_ZIP is missing (run scripts/package.sh)"
-
 say "stack $stack_name in $REGION"
 read_outputs >"$STATE/outputs.before.json"
 previous_version="$(output_value "$STATE/outputs.before.json" EdgeFunctionVersionArn)"
-if [ -n "$previous_version" ]; then
-  bake_config "$STATE/outputs.before.json" || true
-else
-  say "first deploy: the edge config is generated once the queue exists, then the edge is redeployed"
+if [ "$skip_package" = 0 ]; then
+  [ -f "$ROOT/scripts/package.sh" ] || die "scripts/package.sh is missing"
+  say "building the bundles (scripts/package.sh)"
+  if [ -n "$previous_version" ]; then
+    config_differs "$STATE/outputs.before.json" || true
+    bash "$ROOT/scripts/package.sh" "$EDGE_CONFIG" || die "scripts/package.sh failed"
+  else
+    bash "$ROOT/scripts/package.sh" || die "scripts/package.sh failed"
+  fi
+elif [ -n "$previous_version" ] && config_differs "$STATE/outputs.before.json"; then
+  bake_config
+fi
+[ -f "$EDGE_ZIP" ] || die "$EDGE_ZIP is missing (run scripts/package.sh)"
+[ -f "$WORKER_ZIP" ] || die "$WORKER_ZIP is missing (run scripts/package.sh)"
+if [ -z "$previous_version" ]; then
+  say "first deploy: edge.zip carries package.sh's placeholder config until the queue exists; a second deploy follows"
 fi
 
 check_offline
 sam_deploy
 
 read_outputs >"$STATE/outputs.json"
-if bake_config "$STATE/outputs.json"; then
+if config_differs "$STATE/outputs.json"; then
   say "edge config changed: publishing a configured edge version"
   if [ "$guided" = 1 ] && [ ! -f "$SAMCONFIG" ]; then
     die "the guided answers were not saved to $SAMCONFIG; rerun with --guided and save them (the second deploy must reuse your parameters)"
   fi
+  bake_config
   check_offline
   guided=0
   sam_deploy
   read_outputs >"$STATE/outputs.json"
 fi
-bake_config "$STATE/outputs.json" && die "the baked edge config still differs from the stack outputs; see $STATE"
+config_differs "$STATE/outputs.json" && die "the baked edge config still differs from the stack outputs; see $STATE"
 
 current_version="$(output_value "$STATE/outputs.json" EdgeFunctionVersionArn)"
 cat >&2 <<EOF
