@@ -436,3 +436,13 @@ def test_transformed_template_with_arm64_edge_is_refused(tmp_path, transformed):
     broken = copy.deepcopy(transformed)
     broken["Resources"]["EdgeFunction"]["Properties"]["Architectures"] = ["arm64"]
     assert_refused(run_check(write(tmp_path, broken), "--no-edge-zip"), "EdgeFunction: Architectures ['arm64'] must be [x86_64]")
+
+
+def test_worker_environment_names_are_ones_the_worker_reads(real):
+    """A misspelt variable would be silently ignored (the worker keeps its default)."""
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "src" / "worker").glob("*.rs"))
+    variables = real["Resources"]["WorkerFunction"]["Properties"]["Environment"]["Variables"]
+    ours = [name for name in variables if name.startswith("EDGETHUMB_")]
+    assert ours, variables
+    for name in ours:
+        assert f'"{name}"' in sources, f"{name} is set on the worker but src/worker never reads it"
