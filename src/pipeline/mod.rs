@@ -4,6 +4,8 @@
 //!
 //! PLACEHOLDER: the public API below is fixed; the implementation is being filled in.
 
+pub mod jpeg_scans;
+
 use crate::variant::{OutputFormat, Params};
 
 /// Encoder settings profile.
