@@ -3,6 +3,7 @@
 //! The library holds all the logic; the Lambda entry points (`edge/`, `worker/`) and the
 //! `edgethumb` CLI only wire adapters to handlers. This file only declares and re-exports.
 
+pub mod aws;
 pub mod edge;
 pub mod geometry;
 pub mod job;

@@ -5,6 +5,7 @@
 //! visibility timeout comes back.
 
 pub mod memory;
+pub mod sqs;
 
 use std::time::Duration;
 

@@ -4,7 +4,9 @@
 //! embedded default). Handlers are generic over the trait so the very same code runs at
 //! the edge, in the worker and in `edgethumb serve`.
 
+pub mod fs;
 pub mod memory;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): every test, against a real S3/SQS server.
+#
+#   bash scripts/test.sh [extra cargo test args...]     e.g. bash scripts/test.sh -- --nocapture
+#
+# 1. setup_venv       .venv (git-ignored) with pinned moto; reused while the pins and the
+#                     Python version are unchanged (stamp file), rebuilt otherwise.
+# 2. start_moto       moto_server on 127.0.0.1 on a free port, waited for (bounded), killed on
+#                     exit however the tests end. Fails loudly if it cannot start.
+# 3. run_cargo_tests  cargo test --workspace with EDGETHUMB_TEST_ENDPOINT and dummy AWS
+#                     credentials exported; extra arguments are passed through.
+# 4. validate_deploy  offline checks of deploy/template.yaml (cfn-lint, sam validate --lint,
+#                     scripts/check_deploy.py) and pytest deploy/tests, with their own pinned
+#                     tools in .venv-deploy (scripts/validate_deploy.sh).
+#
+# Adding a step: write a function and add it to main() below (keep steps independent, so a
+# failing step names itself). Nothing is installed outside the repository.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+# Pinned: the tests rely on moto's wire behaviour (SQS JSON protocol, /moto-api/reset).
+PY_REQUIREMENTS=("moto[s3,sqs]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5")
+MOTO_LOG="$ROOT/.cache/moto_server.log"
+MOTO_START_TIMEOUT_S="${EDGETHUMB_MOTO_START_TIMEOUT_S:-60}"
+MOTO_PID=""
+
+log() { echo "test.sh: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+setup_venv() {
+  local python="${PYTHON:-python3}" stamp="$VENV/.edgethumb-test-stamp" want start
+  command -v "$python" >/dev/null || die "$python not found (needs Python 3 with venv)"
+  want="$(printf '%s\n' "${PY_REQUIREMENTS[@]}"; "$python" -c 'import sys; print(sys.version)')"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/moto_server" ]; then
+    log "reusing $VENV"
+    return 0
+  fi
+  start=$SECONDS
+  log "creating $VENV with ${PY_REQUIREMENTS[*]}"
+  rm -rf "$VENV"
+  "$python" -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}" \
+    || die "pip install failed"
+  printf '%s' "$want" >"$stamp"
+  log "venv ready in $((SECONDS - start)) s"
+}
+
+free_port() {
+  "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+stop_moto() {
+  if [ -n "$MOTO_PID" ] && kill -0 "$MOTO_PID" 2>/dev/null; then
+    kill "$MOTO_PID" 2>/dev/null || true
+    # Give it a moment to exit cleanly, then make sure.
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      kill -0 "$MOTO_PID" 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -9 "$MOTO_PID" 2>/dev/null || true
+    wait "$MOTO_PID" 2>/dev/null || true
+  fi
+  MOTO_PID=""
+}
+
+# Answers 200 on the moto management API once the server is up.
+moto_answers() {
+  "$VENV/bin/python" - "$1" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/moto-api/", timeout=2).read()
+PY
+}
+
+start_moto() {
+  local attempt port deadline
+  mkdir -p "$(dirname "$MOTO_LOG")"
+  # A free port can be taken between probing and binding: retry with a new one.
+  for attempt in 1 2 3; do
+    port="$(free_port)"
+    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$MOTO_LOG" 2>&1 &
+    MOTO_PID=$!
+    deadline=$((SECONDS + MOTO_START_TIMEOUT_S))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+      if ! kill -0 "$MOTO_PID" 2>/dev/null; then
+        log "moto_server exited during start-up (attempt $attempt):"
+        tail -n 20 "$MOTO_LOG" >&2 || true
+        MOTO_PID=""
+        break
+      fi
+      if moto_answers "$port"; then
+        export EDGETHUMB_TEST_ENDPOINT="http://127.0.0.1:$port"
+        log "moto_server $MOTO_PID listening on $EDGETHUMB_TEST_ENDPOINT (log: $MOTO_LOG)"
+        return 0
+      fi
+      sleep 0.2
+    done
+    stop_moto
+  done
+  die "moto_server did not start within ${MOTO_START_TIMEOUT_S} s (see $MOTO_LOG)"
+}
+
+run_cargo_tests() {
+  # Dummy credentials and region: moto accepts anything, and nothing may reach real AWS.
+  (
+    export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+    export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+    export AWS_EC2_METADATA_DISABLED=true
+    unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL
+    cd "$ROOT"
+    cargo test --workspace "$@"
+  )
+}
+
+# ---- deployment (owner: deploy; see docs/deploy.md) ----
+validate_deploy() {
+  bash "$ROOT/scripts/validate_deploy.sh"
+}
+
+main() {
+  cd "$ROOT"
+  trap stop_moto EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  setup_venv
+  start_moto
+  run_cargo_tests "$@"
+  validate_deploy
+}
+
+main "$@"
