@@ -5,10 +5,12 @@
 
 pub mod aws;
 pub mod edge;
+pub mod enqueue;
 pub mod geometry;
 pub mod job;
 pub mod pipeline;
 pub mod queue;
+pub mod serve;
 pub mod store;
 pub mod variant;
 
