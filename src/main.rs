@@ -1,4 +1,6 @@
-//! The `edgethumb` command line.
-fn main() {
-    println!("edgethumb {}", edgethumb::VERSION);
+//! The `edgethumb` command line; subcommands live in `src/cli/`.
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

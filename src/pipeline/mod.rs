@@ -1,11 +1,34 @@
 //! The image pipeline: one step per file, run in a fixed order over one image state.
 //!
-//! load (with shrink-on-load) → orient → colour → resize → encode.
+//! load (magic-byte sniffing, header limits, shrink-on-load) → orient (EXIF) → colour
+//! (ICC → 8-bit sRGB) → resize (Lanczos3, crop) → encode (mozjpeg, libwebp, png/oxipng).
 //!
-//! PLACEHOLDER: the public API below is fixed; the implementation is being filled in.
+//! Everything is synchronous and CPU-bound; async callers use `spawn_blocking`. See
+//! docs/pipeline.md for the design and docs/benchmarks.md for the measurements.
 
 pub mod jpeg_scans;
 
+mod colour;
+mod encode;
+mod encode_jpeg;
+mod encode_png;
+mod encode_webp;
+mod exif;
+mod image;
+mod libjpeg;
+mod load;
+mod load_gif;
+mod load_jpeg;
+mod load_png;
+mod load_webp;
+mod orient;
+mod resize;
+
+use std::time::{Duration, Instant};
+
+pub use load::{SHRINK_MARGIN, SourceFormat};
+
+use crate::geometry;
 use crate::variant::{OutputFormat, Params};
 
 /// Encoder settings profile.
@@ -68,6 +91,54 @@ pub struct Prepared {
     pub height: u32,
     /// Format of the source, used when the params name no output format.
     pub source_format: OutputFormat,
+    /// Where the time went (for `edgethumb render --json` and logs).
+    pub timings: StageTimings,
+    /// 8-bit sRGB, RGB or RGBA with straight (not premultiplied) alpha, rows packed.
+    pixels: Vec<u8>,
+    has_alpha: bool,
+    /// The source was grayscale: encoders may write one channel (smaller, same pixels).
+    gray: bool,
+}
+
+/// Wall time of each preparation step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Sniffing, header checks and (reduced) decoding.
+    pub load: Duration,
+    pub orient: Duration,
+    pub colour: Duration,
+    pub resize: Duration,
+}
+
+impl Prepared {
+    /// The pixels: `width * height` pixels of RGB8, or RGBA8 when [`Self::has_alpha`].
+    pub fn pixels(&self) -> &[u8] {
+        &self.pixels
+    }
+
+    pub fn has_alpha(&self) -> bool {
+        self.has_alpha
+    }
+
+    /// Whether the source was grayscale (the pixels then have R = G = B).
+    pub fn is_gray(&self) -> bool {
+        self.gray
+    }
+
+    /// The format an encode for `params` produces: the URL's, else the source's.
+    pub fn output_format(&self, params: &Params) -> OutputFormat {
+        params.output_format(self.source_format)
+    }
+
+    /// The encode settings `params` ask for with `profile` (quality defaults to 80).
+    pub fn encode_spec(&self, params: &Params, profile: Profile) -> EncodeSpec {
+        EncodeSpec {
+            format: self.output_format(params),
+            quality: params.quality.unwrap_or(crate::variant::DEFAULT_QUALITY),
+            progressive: params.progressive,
+            profile,
+        }
+    }
 }
 
 /// Settings for one encode of a [`Prepared`] image.
@@ -90,19 +161,80 @@ pub struct Rendered {
 }
 
 /// Decode, orient, convert to sRGB and resize `source` as `params` say.
+///
+/// Shrinks on load (JPEG DCT scaling, WebP scaled decoding) down to no less than
+/// [`SHRINK_MARGIN`]× the target, so big sources never exist at full size in memory.
 pub fn prepare(source: &[u8], params: &Params, limits: &Limits) -> Result<Prepared, PipelineError> {
-    let _ = (source, params, limits);
-    Err(PipelineError::UnsupportedFormat(
-        "pipeline not built yet".into(),
-    ))
+    prepare_with(source, params, limits, load::Decode::Shrink)
+}
+
+/// Like [`prepare`], but from a full-resolution decode (no shrink-on-load): the
+/// high-quality reference, of exactly the same size, that the worker's quality tuning
+/// compares candidate encodes against.
+pub fn prepare_reference(
+    source: &[u8],
+    params: &Params,
+    limits: &Limits,
+) -> Result<Prepared, PipelineError> {
+    prepare_with(source, params, limits, load::Decode::Full)
+}
+
+fn prepare_with(
+    source: &[u8],
+    params: &Params,
+    limits: &Limits,
+    mode: load::Decode,
+) -> Result<Prepared, PipelineError> {
+    let mut timings = StageTimings::default();
+    let mut clock = Instant::now();
+    let mut lap = |slot: &mut Duration| {
+        let now = Instant::now();
+        *slot = now - clock;
+        clock = now;
+    };
+    let (format, mut image) = load::load(source, params, limits, mode)?;
+    lap(&mut timings.load);
+    orient::orient(&mut image);
+    lap(&mut timings.orient);
+    colour::to_srgb8(&mut image);
+    lap(&mut timings.colour);
+    let (full_w, full_h) = image.full_size;
+    let plan = geometry::plan(full_w, full_h, params);
+    resize::resize(&mut image, &plan)?;
+    let gray = image.layout.is_gray();
+    let has_alpha = image.layout.has_alpha();
+    let pixels = if gray {
+        expand_gray(&image.data, has_alpha)
+    } else {
+        image.data
+    };
+    lap(&mut timings.resize);
+    Ok(Prepared {
+        width: image.width,
+        height: image.height,
+        source_format: format.default_output(),
+        timings,
+        pixels,
+        has_alpha,
+        gray,
+    })
+}
+
+/// Gray(+alpha) → RGB(A) for the public pixel contract; done after the resize, on the
+/// thumbnail, so the resize ran on one channel.
+fn expand_gray(data: &[u8], has_alpha: bool) -> Vec<u8> {
+    if has_alpha {
+        data.chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0], p[1]])
+            .collect()
+    } else {
+        data.iter().flat_map(|&g| [g, g, g]).collect()
+    }
 }
 
 impl Prepared {
     pub fn encode(&self, spec: &EncodeSpec) -> Result<Vec<u8>, PipelineError> {
-        Err(PipelineError::Encode {
-            format: spec.format,
-            reason: "pipeline not built yet".into(),
-        })
+        encode::encode(self, spec)
     }
 }
 
@@ -114,17 +246,11 @@ pub fn render(
     profile: Profile,
 ) -> Result<Rendered, PipelineError> {
     let prepared = prepare(source, params, limits)?;
-    let format = params.output_format(prepared.source_format);
-    let spec = EncodeSpec {
-        format,
-        quality: params.quality.unwrap_or(crate::variant::DEFAULT_QUALITY),
-        progressive: params.progressive,
-        profile,
-    };
+    let spec = prepared.encode_spec(params, profile);
     let bytes = prepared.encode(&spec)?;
     Ok(Rendered {
         bytes,
-        format,
+        format: spec.format,
         width: prepared.width,
         height: prepared.height,
         quality: spec.quality,

@@ -1,0 +1,200 @@
+//! `edgethumb render INPUT PARAMS -o OUTPUT`: one thumbnail from a local file.
+//!
+//! Also the benchmark entry point: `--repeat N --json` prints per-run stage timings and
+//! the process's peak RSS, and `--peer-op A|B|C|D` stands for the shared peer benchmark's
+//! operations so `../shared/bench/peers.sh --custom` can drive it unchanged.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use edgethumb::Params;
+use edgethumb::pipeline::{self, Limits, Profile};
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Source image (JPEG, PNG, WebP or GIF).
+    pub input: PathBuf,
+    /// Processing parameters as in a URL, e.g. `400w_400h.jpg` or `200w_200h_1e_80q.webp`.
+    #[arg(required_unless_present = "peer_op", conflicts_with = "peer_op")]
+    pub params: Option<String>,
+    /// Where to write the thumbnail.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Encoder profile: `fast` (edge) or `best` (worker).
+    #[arg(long, value_enum, default_value_t = ProfileArg::Fast)]
+    pub profile: ProfileArg,
+    /// Refuse sources with more pixels than this (checked from the header).
+    #[arg(long, default_value_t = Limits::default().max_pixels)]
+    pub max_pixels: u64,
+    /// Refuse sources larger than this many bytes.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    pub max_bytes: u64,
+    /// Render this many times (for timing); the last result is written.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub repeat: u32,
+    /// Print per-run timings and peak memory as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Use the shared peer benchmark's operation instead of PARAMS:
+    /// A=400w_400h.jpg, B=200w_200h.webp, C=1024w_1r.jpg, D=400w_400h.png.
+    #[arg(long, value_enum)]
+    pub peer_op: Option<PeerOp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileArg {
+    Fast,
+    Best,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Fast => Profile::Fast,
+            ProfileArg::Best => Profile::Best,
+        }
+    }
+}
+
+/// The peer benchmark's operations (see ../shared/bench/README.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum PeerOp {
+    A,
+    B,
+    C,
+    D,
+}
+
+impl PeerOp {
+    pub fn params(self) -> &'static str {
+        match self {
+            PeerOp::A => "400w_400h.jpg",
+            PeerOp::B => "200w_200h.webp",
+            PeerOp::C => "1024w_1r.jpg",
+            PeerOp::D => "400w_400h.png",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct RunTimings {
+    decode_ms: f64,
+    resize_ms: f64,
+    encode_ms: f64,
+    total_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    input: String,
+    params: String,
+    profile: &'static str,
+    format: String,
+    width: u32,
+    height: u32,
+    bytes: usize,
+    runs: Vec<RunTimings>,
+    median_total_ms: f64,
+    peak_rss_kb: i64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+pub fn run(args: RenderArgs) -> anyhow::Result<()> {
+    let spec = match (&args.params, args.peer_op) {
+        (_, Some(op)) => op.params().to_string(),
+        (Some(p), None) => p.clone(),
+        (None, None) => bail!("give PARAMS or --peer-op"),
+    };
+    let params: Params = spec
+        .parse()
+        .with_context(|| format!("bad params {spec:?}"))?;
+    let limits = Limits {
+        max_pixels: args.max_pixels,
+        max_bytes: args.max_bytes,
+    };
+    let input = &args.input;
+    // Check the size before reading, so a huge file is refused without loading it.
+    let size = std::fs::metadata(input)
+        .with_context(|| format!("cannot read {}", input.display()))?
+        .len();
+    if size > limits.max_bytes {
+        return Err(pipeline::PipelineError::TooManyBytes {
+            actual: size,
+            limit: limits.max_bytes,
+        })
+        .with_context(|| format!("{}", input.display()));
+    }
+    let source =
+        std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let profile = Profile::from(args.profile);
+
+    let mut runs = Vec::with_capacity(args.repeat as usize);
+    let mut last = None;
+    for _ in 0..args.repeat {
+        let start = Instant::now();
+        let prepared = pipeline::prepare(&source, &params, &limits)
+            .with_context(|| format!("{}", input.display()))?;
+        let prepared_at = Instant::now();
+        let encode_spec = prepared.encode_spec(&params, profile);
+        let bytes = prepared
+            .encode(&encode_spec)
+            .with_context(|| format!("{}", input.display()))?;
+        let done = Instant::now();
+        let t = prepared.timings;
+        runs.push(RunTimings {
+            decode_ms: ms(t.load + t.orient + t.colour),
+            resize_ms: ms(t.resize),
+            encode_ms: ms(done - prepared_at),
+            total_ms: ms(done - start),
+        });
+        last = Some((prepared, encode_spec, bytes));
+    }
+    let Some((prepared, encode_spec, bytes)) = last else {
+        bail!("no run");
+    };
+    std::fs::write(&args.output, &bytes)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+
+    if args.json {
+        let mut totals: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
+        totals.sort_by(f64::total_cmp);
+        let report = Report {
+            input: input.display().to_string(),
+            params: params.canonical(),
+            profile: match profile {
+                Profile::Fast => "fast",
+                Profile::Best => "best",
+            },
+            format: encode_spec.format.to_string(),
+            width: prepared.width,
+            height: prepared.height,
+            bytes: bytes.len(),
+            median_total_ms: totals[totals.len() / 2],
+            runs,
+            peak_rss_kb: peak_rss_kb(),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process in KiB (`getrusage`, Linux reports KiB).
+fn peak_rss_kb() -> i64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0 {
+            usage.ru_maxrss
+        } else {
+            -1
+        }
+    }
+}

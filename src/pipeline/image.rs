@@ -1,0 +1,82 @@
+//! The image state the steps pass along: a pixel buffer with a typed layout plus the source
+//! facts later steps need (orientation, ICC profile, Adobe CMYK inversion).
+
+/// Pixel layout of an [`ImageState`] buffer. 16-bit layouts are big-endian, as PNG stores
+/// them; the colour step turns everything into one of the 8-bit gray/RGB layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Gray8,
+    GrayAlpha8,
+    Rgb8,
+    Rgba8,
+    /// Four ink channels as libjpeg hands them out; see [`ImageState::cmyk_inverted`].
+    Cmyk8,
+    Gray16,
+    GrayAlpha16,
+    Rgb16,
+    Rgba16,
+}
+
+impl Layout {
+    pub fn channels(self) -> usize {
+        match self {
+            Layout::Gray8 | Layout::Gray16 => 1,
+            Layout::GrayAlpha8 | Layout::GrayAlpha16 => 2,
+            Layout::Rgb8 | Layout::Rgb16 => 3,
+            Layout::Rgba8 | Layout::Rgba16 | Layout::Cmyk8 => 4,
+        }
+    }
+
+    pub fn bytes_per_channel(self) -> usize {
+        match self {
+            Layout::Gray16 | Layout::GrayAlpha16 | Layout::Rgb16 | Layout::Rgba16 => 2,
+            _ => 1,
+        }
+    }
+
+    pub fn bytes_per_pixel(self) -> usize {
+        self.channels() * self.bytes_per_channel()
+    }
+
+    pub fn has_alpha(self) -> bool {
+        matches!(
+            self,
+            Layout::GrayAlpha8 | Layout::Rgba8 | Layout::GrayAlpha16 | Layout::Rgba16
+        )
+    }
+
+    pub fn is_gray(self) -> bool {
+        matches!(
+            self,
+            Layout::Gray8 | Layout::GrayAlpha8 | Layout::Gray16 | Layout::GrayAlpha16
+        )
+    }
+}
+
+/// One image travelling through load → orient → colour → resize.
+#[derive(Debug, Clone)]
+pub struct ImageState {
+    pub width: u32,
+    pub height: u32,
+    pub layout: Layout,
+    /// Tightly packed rows, `width * layout.bytes_per_pixel()` bytes each.
+    pub data: Vec<u8>,
+    /// Size of the source before any shrink-on-load (stored orientation); the geometry is
+    /// planned on this, so a reduced decode gives the same output size as a full one.
+    pub full_size: (u32, u32),
+    /// EXIF orientation (1–8) still to apply; 1 once the orient step ran.
+    pub orientation: u8,
+    /// Embedded ICC profile, if any, dropped once the colour step converted to sRGB.
+    pub icc: Option<Vec<u8>>,
+    /// Adobe (Photoshop) CMYK JPEGs store inverted inks; libjpeg passes them through as is.
+    pub cmyk_inverted: bool,
+}
+
+/// Size of the displayed image for a stored size and EXIF orientation (5–8 swap the sides).
+pub fn oriented_size(width: u32, height: u32, orientation: u8) -> (u32, u32) {
+    if (5..=8).contains(&orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    }
+}

@@ -1,0 +1,137 @@
+//! Load step: sniff the format from magic bytes, check the limits from the header, decode
+//! (shrinking on load where the format allows).
+
+use crate::geometry;
+use crate::variant::{OutputFormat, Params};
+
+use super::image::{ImageState, oriented_size};
+use super::{Limits, PipelineError, load_gif, load_jpeg, load_png, load_webp};
+
+/// Shrink-on-load stops once the decoded image would drop below this multiple of the
+/// resize target on either side, so the final Lanczos step always has at least 2× to work
+/// with; that is what keeps quality at or above a full decode + resize (see
+/// docs/benchmarks.md for the SSIMULACRA2 measurements that picked it).
+pub const SHRINK_MARGIN: f64 = 2.0;
+
+/// Source formats we decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+}
+
+impl SourceFormat {
+    /// Output format when the URL names none: the same, except GIF (we do not encode it),
+    /// which becomes PNG to keep transparency and sharp edges.
+    pub fn default_output(self) -> OutputFormat {
+        match self {
+            SourceFormat::Jpeg => OutputFormat::Jpeg,
+            SourceFormat::Png | SourceFormat::Gif => OutputFormat::Png,
+            SourceFormat::Webp => OutputFormat::Webp,
+        }
+    }
+}
+
+/// Identify the format by magic bytes; file names and Content-Type headers lie.
+pub fn sniff(data: &[u8]) -> Result<SourceFormat, PipelineError> {
+    if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Ok(SourceFormat::Jpeg)
+    } else if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Ok(SourceFormat::Png)
+    } else if data.len() >= 12 && &data[0..4] == b"RIFF" && &data[8..12] == b"WEBP" {
+        Ok(SourceFormat::Webp)
+    } else if data.starts_with(b"GIF87a") || data.starts_with(b"GIF89a") {
+        Ok(SourceFormat::Gif)
+    } else {
+        let what = if data.len() >= 12 && &data[4..8] == b"ftyp" {
+            "AVIF/HEIF"
+        } else if data.starts_with(b"II*\0") || data.starts_with(b"MM\0*") {
+            "TIFF"
+        } else if data.starts_with(b"BM") {
+            "BMP"
+        } else if data.is_empty() {
+            "empty file"
+        } else {
+            "unrecognised data"
+        };
+        Err(PipelineError::UnsupportedFormat(what.to_string()))
+    }
+}
+
+pub fn check_bytes(data: &[u8], limits: &Limits) -> Result<(), PipelineError> {
+    if data.len() as u64 > limits.max_bytes {
+        return Err(PipelineError::TooManyBytes {
+            actual: data.len() as u64,
+            limit: limits.max_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Refuse a source whose header claims more pixels than allowed, before any allocation.
+pub fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), PipelineError> {
+    let pixels = width as u64 * height as u64;
+    if pixels > limits.max_pixels {
+        return Err(PipelineError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: limits.max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(PipelineError::Corrupt {
+            format: "image",
+            reason: format!("zero dimension in header ({width}x{height})"),
+        });
+    }
+    Ok(())
+}
+
+/// The smallest decoded size (stored orientation) shrink-on-load may produce for a source
+/// of `width`×`height` stored with EXIF `orientation`.
+pub fn shrink_floor(width: u32, height: u32, orientation: u8, params: &Params) -> (u32, u32) {
+    let (ow, oh) = oriented_size(width, height, orientation);
+    let plan = geometry::plan(ow, oh, params);
+    let need = |side: u32| (side as f64 * SHRINK_MARGIN).ceil() as u32;
+    let (fw, fh) = (need(plan.resize.0), need(plan.resize.1));
+    // Back to stored orientation.
+    let (sw, sh) = oriented_size(fw, fh, orientation);
+    (sw.min(width), sh.min(height))
+}
+
+/// Whether to shrink on load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decode {
+    /// Decode no larger than needed for `params` (the edge and worker path).
+    Shrink,
+    /// Full-resolution decode (the quality reference).
+    Full,
+}
+
+/// Decode `data`; the result's size is the full size or a reduced one (never below
+/// [`shrink_floor`]).
+pub fn load(
+    data: &[u8],
+    params: &Params,
+    limits: &Limits,
+    mode: Decode,
+) -> Result<(SourceFormat, ImageState), PipelineError> {
+    check_bytes(data, limits)?;
+    let format = sniff(data)?;
+    let floor = |w: u32, h: u32, orientation: u8| match mode {
+        Decode::Shrink => Some(shrink_floor(w, h, orientation, params)),
+        Decode::Full => None,
+    };
+    let image = match format {
+        SourceFormat::Jpeg => load_jpeg::load(data, limits, |hdr| {
+            floor(hdr.width, hdr.height, hdr.orientation)
+        })?,
+        SourceFormat::Png => load_png::load(data, limits)?,
+        SourceFormat::Webp => load_webp::load(data, limits, floor)?,
+        SourceFormat::Gif => load_gif::load(data, limits)?,
+    };
+    Ok((format, image))
+}

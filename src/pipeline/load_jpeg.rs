@@ -1,0 +1,282 @@
+//! JPEG loading with shrink-on-load: libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain,
+//! so a 20 MP photo for a 400 px thumbnail is decoded straight into a ~1 MP buffer and the
+//! full-size image never exists in memory.
+//!
+//! The header is read by our own marker walk first (dimensions, EXIF orientation, ICC
+//! profile, Adobe marker), so limits are checked before libjpeg allocates anything and the
+//! scale is chosen before the entropy-coded data is touched.
+
+use std::borrow::Cow;
+use std::os::raw::{c_long, c_ulong};
+
+use mozjpeg_sys as ffi;
+
+use super::image::{ImageState, Layout};
+use super::libjpeg;
+use super::{Limits, PipelineError, exif};
+
+const FORMAT: &str = "JPEG";
+
+/// What the marker walk found before the first scan.
+#[derive(Debug, Clone, Default)]
+pub struct JpegHeader {
+    pub width: u32,
+    pub height: u32,
+    pub components: u8,
+    pub progressive: bool,
+    pub orientation: u8,
+    pub icc: Option<Vec<u8>>,
+    /// An Adobe APP14 marker: CMYK data is stored inverted (Photoshop convention).
+    pub adobe: bool,
+}
+
+fn corrupt(reason: impl Into<String>) -> PipelineError {
+    PipelineError::Corrupt {
+        format: FORMAT,
+        reason: reason.into(),
+    }
+}
+
+/// Walk the markers up to the first SOS.
+pub fn read_header(data: &[u8]) -> Result<JpegHeader, PipelineError> {
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return Err(corrupt("missing SOI marker"));
+    }
+    let mut header = JpegHeader {
+        orientation: 1,
+        ..JpegHeader::default()
+    };
+    let mut icc_chunks: Vec<(u8, &[u8])> = Vec::new();
+    let mut saw_frame = false;
+    let mut pos = 2usize;
+    loop {
+        // Markers may be preceded by any number of 0xFF fill bytes.
+        while pos < data.len() && data[pos] != 0xFF {
+            pos += 1; // tolerate junk between segments, as libjpeg does (with a warning)
+        }
+        while pos < data.len() && data[pos] == 0xFF {
+            pos += 1;
+        }
+        let Some(&marker) = data.get(pos) else {
+            return Err(corrupt("truncated before the first scan"));
+        };
+        pos += 1;
+        if marker == 0xD8 || marker == 0xD9 {
+            return Err(corrupt("no image data before EOI"));
+        }
+        if (0xD0..=0xD7).contains(&marker) || marker == 0x01 {
+            continue; // stand-alone markers
+        }
+        let len = match data.get(pos..pos + 2) {
+            Some(b) => u16::from_be_bytes([b[0], b[1]]) as usize,
+            None => return Err(corrupt("truncated marker segment")),
+        };
+        if len < 2 {
+            return Err(corrupt("bad marker segment length"));
+        }
+        let Some(segment) = data.get(pos + 2..pos + len) else {
+            return Err(corrupt("truncated marker segment"));
+        };
+        pos += len;
+        match marker {
+            0xE1 if header.orientation == 1 && segment.starts_with(b"Exif\0\0") => {
+                header.orientation = exif::orientation(exif::strip_exif_header(segment));
+            }
+            0xE2 if segment.len() > 14 && segment.starts_with(b"ICC_PROFILE\0") => {
+                icc_chunks.push((segment[12], &segment[14..]));
+            }
+            0xEE if segment.starts_with(b"Adobe") => header.adobe = true,
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                if saw_frame {
+                    return Err(corrupt("more than one frame header"));
+                }
+                saw_frame = true;
+                if segment.len() < 6 {
+                    return Err(corrupt("short frame header"));
+                }
+                match marker {
+                    0xC0..=0xC2 => {}
+                    0xC3 | 0xC7 | 0xCB | 0xCF => {
+                        return Err(PipelineError::UnsupportedFormat(
+                            "lossless JPEG".to_string(),
+                        ));
+                    }
+                    _ => {
+                        return Err(PipelineError::UnsupportedFormat(
+                            "arithmetic-coded or hierarchical JPEG".to_string(),
+                        ));
+                    }
+                }
+                if segment[0] != 8 {
+                    return Err(PipelineError::UnsupportedFormat(format!(
+                        "{}-bit JPEG",
+                        segment[0]
+                    )));
+                }
+                header.height = u16::from_be_bytes([segment[1], segment[2]]) as u32;
+                header.width = u16::from_be_bytes([segment[3], segment[4]]) as u32;
+                header.components = segment[5];
+                header.progressive = marker == 0xC2;
+            }
+            0xDA => break,
+            _ => {}
+        }
+    }
+    if !saw_frame {
+        return Err(corrupt("scan before frame header"));
+    }
+    if header.width == 0 || header.height == 0 {
+        return Err(corrupt(format!(
+            "zero dimension in header ({}x{})",
+            header.width, header.height
+        )));
+    }
+    if !matches!(header.components, 1 | 3 | 4) {
+        return Err(corrupt(format!("{} colour components", header.components)));
+    }
+    if !icc_chunks.is_empty() {
+        icc_chunks.sort_by_key(|(seq, _)| *seq);
+        header.icc = Some(
+            icc_chunks
+                .iter()
+                .flat_map(|(_, d)| d.iter().copied())
+                .collect(),
+        );
+    }
+    Ok(header)
+}
+
+/// The largest DCT reduction (8, 4, 2 or 1) that keeps the decoded image at least
+/// `floor` pixels on both sides (stored orientation).
+pub fn choose_scale_denom(width: u32, height: u32, floor: (u32, u32)) -> u32 {
+    [8u32, 4, 2]
+        .into_iter()
+        .find(|&d| width.div_ceil(d) >= floor.0 && height.div_ceil(d) >= floor.1)
+        .unwrap_or(1)
+}
+
+/// Decode `data`, reduced by `1/scale_denom` in the DCT domain.
+///
+/// `floor`: the smallest stored-orientation size the caller can use; `None` decodes at
+/// full size (reference renders).
+pub fn load(
+    data: &[u8],
+    limits: &Limits,
+    floor: impl FnOnce(&JpegHeader) -> Option<(u32, u32)>,
+) -> Result<ImageState, PipelineError> {
+    let header = read_header(data)?;
+    super::load::check_pixels(header.width, header.height, limits)?;
+    let scale_denom = match floor(&header) {
+        Some(floor) => choose_scale_denom(header.width, header.height, floor),
+        None => 1,
+    };
+    // The one place the compressed bytes go to libjpeg once the scale is known. A reduced
+    // decode needs only some of a progressive file's scans; a filter that drops the others
+    // plugs in here by returning `Cow::Owned`.
+    let input: Cow<'_, [u8]> = Cow::Borrowed(data);
+    decode(&input, scale_denom, &header, limits)
+}
+
+/// Owns a libjpeg decompressor; destroys it on every exit path, unwinding included.
+struct Decompressor {
+    cinfo: Box<ffi::jpeg_decompress_struct>,
+}
+
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        // SAFETY: created by jpeg_create_decompress; destroy is valid in any state.
+        unsafe { ffi::jpeg_destroy_decompress(&mut self.cinfo) };
+    }
+}
+
+fn decode(
+    input: &[u8],
+    scale_denom: u32,
+    header: &JpegHeader,
+    limits: &Limits,
+) -> Result<ImageState, PipelineError> {
+    // Progressive files keep every DCT coefficient of the full image (2 bytes each); the
+    // pixel limit bounds that, and libjpeg refuses to exceed this budget.
+    let memory_budget = limits
+        .max_pixels
+        .saturating_mul(8)
+        .saturating_add(64 << 20)
+        .min(c_long::MAX as u64) as c_long;
+    let result = libjpeg::catch(|| -> Result<ImageState, PipelineError> {
+        // Declared before the decompressor so they outlive it (locals drop in reverse).
+        let mut err = libjpeg::error_mgr();
+        let mut progress = libjpeg::scan_limiter();
+        // SAFETY: zeroed is the documented initial state before jpeg_create_decompress.
+        let mut dec = Decompressor {
+            cinfo: Box::new(unsafe { std::mem::zeroed() }),
+        };
+        let cinfo = &mut *dec.cinfo;
+        cinfo.common.err = &mut *err;
+        // SAFETY: cinfo is zeroed with a valid error manager; input outlives the decoder.
+        unsafe {
+            ffi::jpeg_create_decompress(cinfo);
+            cinfo.common.progress = &mut *progress;
+            (*cinfo.common.mem).max_memory_to_use = memory_budget;
+            ffi::jpeg_mem_src(cinfo, input.as_ptr(), input.len() as c_ulong);
+            ffi::jpeg_read_header(cinfo, 1);
+        }
+        let layout = match cinfo.jpeg_color_space {
+            ffi::J_COLOR_SPACE::JCS_GRAYSCALE => {
+                cinfo.out_color_space = ffi::J_COLOR_SPACE::JCS_GRAYSCALE;
+                Layout::Gray8
+            }
+            ffi::J_COLOR_SPACE::JCS_CMYK | ffi::J_COLOR_SPACE::JCS_YCCK => {
+                cinfo.out_color_space = ffi::J_COLOR_SPACE::JCS_CMYK;
+                Layout::Cmyk8
+            }
+            _ => {
+                cinfo.out_color_space = ffi::J_COLOR_SPACE::JCS_RGB;
+                Layout::Rgb8
+            }
+        };
+        cinfo.scale_num = 1;
+        cinfo.scale_denom = scale_denom;
+        // SAFETY: header read, parameters set.
+        unsafe { ffi::jpeg_start_decompress(cinfo) };
+        let (w, h) = (cinfo.output_width, cinfo.output_height);
+        let channels = cinfo.output_components as usize;
+        if channels != layout.channels() {
+            return Err(corrupt("unexpected component count"));
+        }
+        let row_bytes = w as usize * channels;
+        let mut data = Vec::new();
+        data.try_reserve_exact(row_bytes * h as usize)
+            .map_err(|_| corrupt("cannot allocate the decode buffer"))?;
+        data.resize(row_bytes * h as usize, 0);
+        while cinfo.output_scanline < h {
+            let first = cinfo.output_scanline as usize;
+            let mut rows: [*mut u8; 16] = [std::ptr::null_mut(); 16];
+            let n = (h as usize - first).min(rows.len());
+            for (i, row) in rows.iter_mut().take(n).enumerate() {
+                // SAFETY: first + i < h, so the row lies inside `data`.
+                *row = unsafe { data.as_mut_ptr().add((first + i) * row_bytes) };
+            }
+            // SAFETY: `rows` holds n valid row pointers of row_bytes each.
+            let read = unsafe { ffi::jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), n as u32) };
+            if read == 0 {
+                return Err(corrupt("decoder made no progress"));
+            }
+        }
+        // No jpeg_finish_decompress: all pixels are in, and a missing EOI after complete
+        // image data is common in real uploads; damaged scan data has already failed above.
+        Ok(ImageState {
+            width: w,
+            height: h,
+            layout,
+            data,
+            full_size: (header.width, header.height),
+            orientation: header.orientation,
+            icc: header.icc.clone(),
+            cmyk_inverted: layout == Layout::Cmyk8 && header.adobe,
+        })
+    });
+    match result {
+        Ok(inner) => inner,
+        Err(reason) => Err(corrupt(reason)),
+    }
+}

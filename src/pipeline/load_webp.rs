@@ -1,0 +1,156 @@
+//! WebP loading (lossy, lossless, alpha) through libwebp's advanced decoding API.
+//!
+//! libwebp can rescale while decoding (`use_scaling`): rows are averaged down as they are
+//! produced, so a 17 MP WebP for a thumbnail needs a buffer of about twice the target
+//! size, not the full 67 MB RGBA frame.
+
+use libwebp_sys as webp;
+
+use super::image::{ImageState, Layout};
+use super::load::check_pixels;
+use super::{Limits, PipelineError, exif};
+
+const FORMAT: &str = "WebP";
+
+fn corrupt(reason: impl Into<String>) -> PipelineError {
+    PipelineError::Corrupt {
+        format: FORMAT,
+        reason: reason.into(),
+    }
+}
+
+/// What the RIFF container says besides the bitstream.
+#[derive(Debug, Default)]
+struct Container {
+    icc: Option<Vec<u8>>,
+    exif: Option<Vec<u8>>,
+    animated: bool,
+}
+
+/// Walk the RIFF chunks for ICCP, EXIF and ANIM (libwebp's decoder ignores them).
+fn read_container(data: &[u8]) -> Container {
+    let mut out = Container::default();
+    let mut pos = 12usize;
+    while let Some(head) = data.get(pos..pos + 8) {
+        let fourcc = &head[0..4];
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let Some(body) = data.get(pos + 8..(pos + 8).saturating_add(len)) else {
+            break;
+        };
+        match fourcc {
+            b"ICCP" => out.icc = Some(body.to_vec()),
+            b"EXIF" => out.exif = Some(body.to_vec()),
+            b"ANIM" | b"ANMF" => out.animated = true,
+            _ => {}
+        }
+        pos = pos + 8 + len + (len & 1);
+    }
+    out
+}
+
+fn status_text(status: webp::VP8StatusCode) -> &'static str {
+    match status {
+        webp::VP8StatusCode::VP8_STATUS_OK => "ok",
+        webp::VP8StatusCode::VP8_STATUS_OUT_OF_MEMORY => "out of memory",
+        webp::VP8StatusCode::VP8_STATUS_INVALID_PARAM => "invalid parameter",
+        webp::VP8StatusCode::VP8_STATUS_BITSTREAM_ERROR => "bitstream error",
+        webp::VP8StatusCode::VP8_STATUS_UNSUPPORTED_FEATURE => "unsupported feature",
+        webp::VP8StatusCode::VP8_STATUS_SUSPENDED => "suspended",
+        webp::VP8StatusCode::VP8_STATUS_USER_ABORT => "aborted",
+        webp::VP8StatusCode::VP8_STATUS_NOT_ENOUGH_DATA => "truncated data",
+    }
+}
+
+/// Decode `data`. `floor(width, height, orientation)` gives the smallest size (stored
+/// orientation) the caller can use, or `None` for a full-size decode.
+pub fn load(
+    data: &[u8],
+    limits: &Limits,
+    floor: impl FnOnce(u32, u32, u8) -> Option<(u32, u32)>,
+) -> Result<ImageState, PipelineError> {
+    let mut config = webp::WebPDecoderConfig::new().map_err(|_| corrupt("libwebp ABI mismatch"))?;
+    // SAFETY: data is a valid slice; config.input is a plain struct libwebp fills in.
+    let status = unsafe { webp::WebPGetFeatures(data.as_ptr(), data.len(), &mut config.input) };
+    if status != webp::VP8StatusCode::VP8_STATUS_OK {
+        return Err(corrupt(status_text(status)));
+    }
+    let container = read_container(data);
+    if config.input.has_animation != 0 || container.animated {
+        return Err(PipelineError::UnsupportedFormat(
+            "animated WebP".to_string(),
+        ));
+    }
+    let (width, height) = (
+        config.input.width.max(0) as u32,
+        config.input.height.max(0) as u32,
+    );
+    check_pixels(width, height, limits)?;
+    let orientation = container
+        .exif
+        .as_deref()
+        .map_or(1, |e| exif::orientation(exif::strip_exif_header(e)));
+
+    let (out_w, out_h) = match floor(width, height, orientation) {
+        Some((fw, fh)) => {
+            let factor = (fw as f64 / width as f64).max(fh as f64 / height as f64);
+            // Rescaling costs a little per row; below ~20% savings it is not worth it.
+            if factor >= 0.8 {
+                (width, height)
+            } else {
+                (
+                    ((width as f64 * factor).ceil() as u32).clamp(1, width),
+                    ((height as f64 * factor).ceil() as u32).clamp(1, height),
+                )
+            }
+        }
+        None => (width, height),
+    };
+    let has_alpha = config.input.has_alpha != 0;
+    let layout = if has_alpha {
+        Layout::Rgba8
+    } else {
+        Layout::Rgb8
+    };
+    let stride = out_w as usize * layout.bytes_per_pixel();
+    let size = stride * out_h as usize;
+    let mut pixels = Vec::new();
+    pixels
+        .try_reserve_exact(size)
+        .map_err(|_| corrupt("cannot allocate the decode buffer"))?;
+    pixels.resize(size, 0);
+
+    if (out_w, out_h) != (width, height) {
+        config.options.use_scaling = 1;
+        config.options.scaled_width = out_w as i32;
+        config.options.scaled_height = out_h as i32;
+    }
+    config.output.colorspace = if has_alpha {
+        webp::WEBP_CSP_MODE::MODE_RGBA
+    } else {
+        webp::WEBP_CSP_MODE::MODE_RGB
+    };
+    config.output.is_external_memory = 1;
+    config.output.u.RGBA = webp::WebPRGBABuffer {
+        rgba: pixels.as_mut_ptr(),
+        stride: stride as i32,
+        size,
+    };
+    // SAFETY: config describes our buffer of exactly `size` bytes with `stride`; libwebp
+    // writes only inside it. With external memory WebPFreeDecBuffer frees nothing of ours.
+    let status = unsafe { webp::WebPDecode(data.as_ptr(), data.len(), &mut config) };
+    // SAFETY: releases any internal memory libwebp attached to the output buffer.
+    unsafe { webp::WebPFreeDecBuffer(&mut config.output) };
+    if status != webp::VP8StatusCode::VP8_STATUS_OK {
+        return Err(corrupt(status_text(status)));
+    }
+    Ok(ImageState {
+        width: out_w,
+        height: out_h,
+        layout,
+        data: pixels,
+        full_size: (width, height),
+        orientation,
+        icc: container.icc,
+        cmyk_inverted: false,
+    })
+}
