@@ -1,0 +1,128 @@
+//! `edgethumb render` end to end, through the real binary.
+
+mod pipeline_support;
+
+use std::process::Command;
+
+use pipeline_support::*;
+
+fn edgethumb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edgethumb"))
+}
+
+#[test]
+fn render_writes_the_thumbnail() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jpg");
+    std::fs::write(&input, jpeg(800, 600, &gradient_rgb(800, 600), false, None)).unwrap();
+    let output = dir.path().join("out.webp");
+    let status = edgethumb()
+        .args([
+            "render",
+            input.to_str().unwrap(),
+            "200w_200h.webp",
+            "-o",
+            output.to_str().unwrap(),
+        ])
+        .args(["--profile", "best"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&output).unwrap();
+    assert_eq!(magic(&bytes), "webp");
+    assert_eq!(dims(&bytes), (200, 150));
+}
+
+#[test]
+fn render_json_reports_runs_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    std::fs::write(
+        &input,
+        png(
+            300,
+            200,
+            png::ColorType::Rgb,
+            png::BitDepth::Eight,
+            &gradient_rgb(300, 200),
+        ),
+    )
+    .unwrap();
+    let output = dir.path().join("out.png");
+    let out = edgethumb()
+        .args([
+            "render",
+            input.to_str().unwrap(),
+            "--peer-op",
+            "D",
+            "-o",
+            output.to_str().unwrap(),
+        ])
+        .args(["--repeat", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["runs"].as_array().unwrap().len(), 3);
+    assert_eq!(report["format"], "png");
+    // Op D fits 400×400 and enlarges by default (no `1l`).
+    assert_eq!(
+        (report["width"].as_u64(), report["height"].as_u64()),
+        (Some(400), Some(267))
+    );
+    for key in ["decode_ms", "resize_ms", "encode_ms", "total_ms"] {
+        assert!(report["runs"][0][key].as_f64().unwrap() >= 0.0, "{key}");
+    }
+    assert!(report["peak_rss_kb"].as_i64().unwrap() > 0);
+    assert_eq!(dims(&std::fs::read(&output).unwrap()), (400, 267));
+}
+
+#[test]
+fn bad_params_and_bad_input_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("in.jpg");
+    std::fs::write(&good, jpeg(64, 64, &gradient_rgb(64, 64), false, None)).unwrap();
+    let junk = dir.path().join("junk.jpg");
+    std::fs::write(&junk, b"definitely not an image").unwrap();
+    let output = dir.path().join("out.jpg");
+    let cases: [(&std::path::Path, &str, &str); 4] = [
+        (&good, "100x.jpg", "100x"),
+        (&good, "100w.gif", "gif"),
+        (&junk, "100w.jpg", "unsupported"),
+        (&dir.path().join("missing.jpg"), "100w.jpg", "missing.jpg"),
+    ];
+    for (input, params, needle) in cases {
+        let out = edgethumb()
+            .args([
+                "render",
+                input.to_str().unwrap(),
+                params,
+                "-o",
+                output.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{params} on {}", input.display());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    }
+    let out = edgethumb()
+        .args([
+            "render",
+            good.to_str().unwrap(),
+            "100w.jpg",
+            "-o",
+            output.to_str().unwrap(),
+            "--max-pixels",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("over the limit"));
+}
