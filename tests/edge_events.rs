@@ -1,0 +1,364 @@
+//! The edge handler over every sample event in `events/`, with in-memory adapters.
+//! (The S3/SQS path is tested end to end through the packaged addon under node.)
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use edgethumb::edge::cloudfront::{Event, Response};
+use edgethumb::edge::{BucketLocation, EdgeConfig, EdgeHandler, EdgeOutcome};
+use edgethumb::job::{Job, JobReason};
+use edgethumb::queue::memory::MemoryQueue;
+use edgethumb::store::memory::MemoryStore;
+use edgethumb::store::{ObjectStore, PutRequest};
+
+type Handler = EdgeHandler<
+    Arc<MemoryQueue>,
+    Box<dyn Fn(&BucketLocation) -> Arc<dyn ObjectStore> + Send + Sync>,
+>;
+
+struct Rig {
+    handler: Handler,
+    queue: Arc<MemoryQueue>,
+    store: Arc<MemoryStore>,
+    locations: Arc<Mutex<Vec<BucketLocation>>>,
+}
+
+fn config(extra: &str) -> EdgeConfig {
+    let text = format!(r#"{{"queue_url": "memory://jobs", "queue_region": "us-east-1"{extra}}}"#);
+    EdgeConfig::from_json(&text, "test").unwrap()
+}
+
+fn rig_with(config: EdgeConfig, queue: MemoryQueue) -> Rig {
+    let queue = Arc::new(queue);
+    let store = Arc::new(MemoryStore::new("photos-bucket"));
+    let locations = Arc::new(Mutex::new(Vec::new()));
+    let (s, l) = (store.clone(), locations.clone());
+    let stores: Box<dyn Fn(&BucketLocation) -> Arc<dyn ObjectStore> + Send + Sync> =
+        Box::new(move |loc: &BucketLocation| {
+            l.lock().unwrap().push(loc.clone());
+            s.clone() as Arc<dyn ObjectStore>
+        });
+    Rig {
+        handler: EdgeHandler::new(config, queue.clone(), stores),
+        queue,
+        store,
+        locations,
+    }
+}
+
+fn new_rig() -> Rig {
+    rig_with(config(""), MemoryQueue::new("jobs"))
+}
+
+fn event(name: &str) -> Event {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("events")
+        .join(format!("origin-response-{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// A smooth RGB test photo as JPEG.
+fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            rgb.extend_from_slice(&[
+                (x * 255 / width) as u8,
+                (y * 255 / height) as u8,
+                ((x + y) % 256) as u8,
+            ]);
+        }
+    }
+    encode_jpeg(&rgb, width, height, 90)
+}
+
+fn noise_jpeg(width: u32, height: u32) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let rgb: Vec<u8> = (0..width * height * 3)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect();
+    encode_jpeg(&rgb, width, height, 85)
+}
+
+fn encode_jpeg(rgb: &[u8], width: u32, height: u32, quality: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_raw(width, height, rgb.to_vec()).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(&img)
+        .unwrap();
+    out.into_inner()
+}
+
+async fn put(store: &MemoryStore, key: &str, body: Vec<u8>) {
+    store
+        .put(
+            key,
+            body.into(),
+            PutRequest {
+                content_type: "image/jpeg".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+fn generated(outcome: EdgeOutcome) -> Response {
+    match outcome {
+        EdgeOutcome::Generated { response, .. } => response,
+        EdgeOutcome::PassThrough => panic!("expected a generated response"),
+    }
+}
+
+fn header<'a>(r: &'a Response, name: &str) -> &'a str {
+    &r.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))[0]
+        .value
+}
+
+fn body(r: &Response) -> Vec<u8> {
+    assert_eq!(r.body_encoding.as_deref(), Some("base64"));
+    base64::engine::general_purpose::STANDARD
+        .decode(r.body.as_ref().unwrap())
+        .unwrap()
+}
+
+fn jobs(queue: &Arc<MemoryQueue>) -> Vec<Job> {
+    queue
+        .bodies()
+        .iter()
+        .map(|b| Job::parse(b).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn hits_and_non_variants_pass_through_without_a_job() {
+    let rig = new_rig();
+    put(&rig.store, "photos/cat.jpg", jpeg(64, 48)).await;
+    for name in ["hit-200", "not-modified-304", "no-variant"] {
+        assert_eq!(
+            rig.handler.handle(&event(name)).await,
+            EdgeOutcome::PassThrough,
+            "{name}"
+        );
+    }
+    assert!(rig.queue.is_empty());
+    assert!(
+        rig.locations.lock().unwrap().is_empty(),
+        "no S3 access on a pass-through"
+    );
+}
+
+#[tokio::test]
+async fn handle_json_returns_none_for_pass_through() {
+    let rig = new_rig();
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("events/origin-response-hit-200.json"),
+    )
+    .unwrap();
+    assert_eq!(rig.handler.handle_json(&text).await.unwrap(), None);
+    assert!(rig.handler.handle_json("{not json").await.is_err());
+}
+
+#[tokio::test]
+async fn misses_as_403_and_404_render_and_enqueue() {
+    for name in ["miss-403", "miss-404"] {
+        let rig = new_rig();
+        put(&rig.store, "photos/cat.jpg", jpeg(640, 480)).await;
+        let r = generated(rig.handler.handle(&event(name)).await);
+        assert_eq!(r.status, "200", "{name}");
+        assert_eq!(header(&r, "content-type"), "image/webp");
+        assert!(header(&r, "cache-control").contains("max-age="));
+        assert!(header(&r, "etag").starts_with('"'));
+        assert!(httpdate::parse_http_date(header(&r, "last-modified")).is_ok());
+        assert!(!r.headers.contains_key("content-encoding"));
+        let img = image::load_from_memory(&body(&r)).unwrap();
+        // 200w_200h_1e on 640x480: cover → 267x200.
+        assert_eq!((img.width(), img.height()), (267, 200));
+        let jobs = jobs(&rig.queue);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].bucket, "photos-bucket");
+        assert_eq!(jobs[0].original_key, "photos/cat.jpg");
+        assert_eq!(jobs[0].variant_key, "photos/cat.jpg@200w_200h_1e_80q.webp");
+        assert_eq!(jobs[0].reason, JobReason::Miss);
+        assert!(jobs[0].original_etag.is_some());
+    }
+}
+
+#[tokio::test]
+async fn domain_forms_pick_bucket_region_and_key() {
+    let cases = [
+        (
+            "regional-domain",
+            "photos-bucket",
+            Some("us-west-2"),
+            "image/jpeg",
+            (400, 300),
+        ),
+        (
+            "path-style-domain",
+            "photos-bucket",
+            None,
+            "image/jpeg",
+            (1024, 768),
+        ),
+        (
+            "legacy-domain",
+            "photos-bucket",
+            Some("eu-west-1"),
+            "image/png",
+            (267, 200),
+        ),
+    ];
+    for (name, bucket, region, content_type, size) in cases {
+        let rig = new_rig();
+        put(&rig.store, "photos/cat.jpg", jpeg(640, 480)).await;
+        let r = generated(rig.handler.handle(&event(name)).await);
+        assert_eq!(r.status, "200", "{name}: {:?}", r.body);
+        assert_eq!(header(&r, "content-type"), content_type, "{name}");
+        let img = image::load_from_memory(&body(&r)).unwrap();
+        assert_eq!((img.width(), img.height()), size, "{name}");
+        let loc = rig.locations.lock().unwrap()[0].clone();
+        assert_eq!(loc.bucket, bucket, "{name}");
+        assert_eq!(loc.region.as_deref(), region, "{name}");
+        assert_eq!(jobs(&rig.queue).len(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn bucket_region_from_config_when_the_domain_has_none() {
+    let rig = rig_with(
+        config(r#", "bucket_region": "sa-east-1""#),
+        MemoryQueue::new("q"),
+    );
+    put(&rig.store, "photos/cat.jpg", jpeg(64, 48)).await;
+    generated(rig.handler.handle(&event("path-style-domain")).await);
+    assert_eq!(
+        rig.locations.lock().unwrap()[0].region.as_deref(),
+        Some("sa-east-1")
+    );
+}
+
+#[tokio::test]
+async fn percent_encoded_utf8_keys_are_decoded() {
+    let rig = new_rig();
+    let key = "photos/summer 2026/café & crêpe.jpg";
+    put(&rig.store, key, jpeg(600, 400)).await;
+    let r = generated(rig.handler.handle(&event("percent-encoded")).await);
+    assert_eq!(r.status, "200", "{:?}", r.body);
+    let img = image::load_from_memory(&body(&r)).unwrap();
+    assert_eq!((img.width(), img.height()), (300, 300), "1e_1c crops");
+    assert_eq!(jobs(&rig.queue)[0].original_key, key);
+}
+
+#[tokio::test]
+async fn invalid_params_answer_400_naming_the_token() {
+    let rig = new_rig();
+    put(&rig.store, "photos/cat.jpg", jpeg(64, 48)).await;
+    let r = generated(rig.handler.handle(&event("invalid-params")).await);
+    assert_eq!(r.status, "400");
+    assert!(r.body.as_ref().unwrap().contains("9999h"), "{:?}", r.body);
+    assert!(header(&r, "cache-control").contains("max-age"));
+    assert!(header(&r, "content-type").starts_with("text/plain"));
+    assert!(rig.queue.is_empty());
+}
+
+#[tokio::test]
+async fn missing_original_is_404_without_a_job() {
+    let rig = new_rig();
+    let r = generated(rig.handler.handle(&event("miss-404")).await);
+    assert_eq!(r.status, "404");
+    assert!(rig.queue.is_empty());
+}
+
+#[tokio::test]
+async fn undecodable_and_oversized_sources() {
+    let rig = new_rig();
+    let mut truncated = jpeg(640, 480);
+    truncated.truncate(truncated.len() / 3);
+    put(&rig.store, "photos/cat.jpg", truncated).await;
+    let r = generated(rig.handler.handle(&event("miss-404")).await);
+    assert_eq!(r.status, "422", "{:?}", r.body);
+
+    let rig = new_rig();
+    put(&rig.store, "photos/cat.jpg", b"plain text".to_vec()).await;
+    let r = generated(rig.handler.handle(&event("miss-404")).await);
+    assert_eq!(r.status, "415");
+
+    let rig = rig_with(
+        config(r#", "max_source_bytes": 1000"#),
+        MemoryQueue::new("q"),
+    );
+    put(&rig.store, "photos/cat.jpg", jpeg(640, 480)).await;
+    let r = generated(rig.handler.handle(&event("miss-404")).await);
+    assert_eq!(r.status, "413");
+
+    let rig = rig_with(
+        config(r#", "max_source_pixels": 1000"#),
+        MemoryQueue::new("q"),
+    );
+    put(&rig.store, "photos/cat.jpg", jpeg(640, 480)).await;
+    let r = generated(rig.handler.handle(&event("miss-404")).await);
+    assert_eq!(r.status, "413");
+}
+
+#[tokio::test]
+async fn a_failing_queue_still_serves_the_image() {
+    let rig = rig_with(config(""), MemoryQueue::new("q").with_max_message_bytes(10));
+    put(&rig.store, "photos/cat.jpg", jpeg(640, 480)).await;
+    let r = generated(rig.handler.handle(&event("miss-404")).await);
+    assert_eq!(r.status, "200");
+    assert!(rig.queue.is_empty());
+}
+
+fn miss_for(uri: &str) -> Event {
+    let mut e = event("miss-404");
+    e.records[0].cf.request.uri = uri.to_string();
+    e
+}
+
+#[tokio::test]
+async fn large_outputs_never_exceed_the_budget() {
+    let budget = 200_000usize;
+    let rig = rig_with(
+        config(&format!(r#", "response_budget_bytes": {budget}"#)),
+        MemoryQueue::new("q"),
+    );
+    put(&rig.store, "noise.jpg", noise_jpeg(4096, 4096)).await;
+    put(&rig.store, "small-noise.jpg", noise_jpeg(512, 512)).await;
+    let mut statuses = Vec::new();
+    for uri in [
+        "/noise.jpg@100p.png",
+        "/noise.jpg@4096w_95q.jpg",
+        "/noise.jpg@2048w.webp",
+        "/small-noise.jpg@100p.png",
+        "/small-noise.jpg@100p_100q.jpg",
+    ] {
+        let r = generated(rig.handler.handle(&miss_for(uri)).await);
+        assert!(
+            r.serialized_len() <= budget,
+            "{uri}: {} bytes over the budget",
+            r.serialized_len()
+        );
+        if r.status == "503" {
+            assert_eq!(header(&r, "cache-control"), "no-store");
+            assert!(r.headers.contains_key("retry-after"));
+        } else {
+            assert_eq!(r.status, "200", "{uri}: {:?}", r.body);
+            // Dimensions are preserved whatever the fallback.
+            let img = image::load_from_memory(&body(&r)).unwrap();
+            assert!(img.width() == 512 || img.width() >= 2048, "{uri}");
+        }
+        statuses.push(r.status.clone());
+    }
+    assert_eq!(statuses[0], "503", "4096² noise cannot fit 200 kB");
+    assert_eq!(statuses[3], "200", "512² noise fits once re-encoded");
+    assert_eq!(rig.queue.len(), 5, "every miss enqueues, fitted or not");
+}
