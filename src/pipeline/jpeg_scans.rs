@@ -35,6 +35,10 @@ const NATURAL_ORDER: [u8; 64] = [
     52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
 ];
 
+/// Real encoders write 2-20 scans; a crafted file with millions of tiny scans must not
+/// make us build a huge scan list (libjpeg's own loader refuses far fewer).
+const MAX_SCANS: usize = 1000;
+
 /// libjpeg's component limit (`MAX_COMPONENTS`); more is not a file we can decode anyway.
 const MAX_COMPONENTS: usize = 10;
 
@@ -210,10 +214,8 @@ fn parse_scan_header(
     Some((indices, ss, se, ah))
 }
 
-/// Split a progressive-Huffman JPEG into scans; `None` for anything else or anything odd,
-/// or as soon as `worth_scanning` says the frame leaves nothing to drop (so a 16 MB file
-/// costs no scan of its entropy data when the filter cannot help).
-fn parse(data: &[u8], worth_scanning: impl Fn(&[FrameComponent]) -> bool) -> Option<Layout> {
+/// Split a progressive-Huffman JPEG into scans; `None` for anything else or anything odd.
+fn parse(data: &[u8]) -> Option<Layout> {
     if data.get(0..2)? != [0xFF, 0xD8] {
         return None;
     }
@@ -255,14 +257,13 @@ fn parse(data: &[u8], worth_scanning: impl Fn(&[FrameComponent]) -> bool) -> Opt
                 if components.is_some() {
                     return None;
                 }
-                let frame = parse_frame(body)?;
-                if !worth_scanning(&frame) {
-                    return None;
-                }
-                components = Some(frame);
+                components = Some(parse_frame(body)?);
                 at = segment_end;
             }
             0xDA => {
+                if scans.len() >= MAX_SCANS {
+                    return None;
+                }
                 let frame = components.as_deref()?;
                 let (indices, ss, se, ah) = parse_scan_header(body, frame)?;
                 let end = entropy_end(data, segment_end)?;
@@ -350,21 +351,17 @@ pub fn strip_unneeded_scans_with(
     if !matches!(scale_denom, 2 | 4 | 8) {
         return None;
     }
-    let needs = |components: &[FrameComponent]| -> Vec<u64> {
-        let max_h = components.iter().map(|c| c.h).max().unwrap_or(1);
-        let max_v = components.iter().map(|c| c.v).max().unwrap_or(1);
-        components
-            .iter()
-            .map(|c| {
-                let size = component_idct_size(scale_denom, max_h, max_v, c.h, c.v);
-                needed_coefficients(size, fidelity)
-            })
-            .collect()
-    };
-    let layout = parse(jpeg, |components| {
-        needs(components).iter().any(|&mask| mask != u64::MAX)
-    })?;
-    let needed = needs(&layout.components);
+    let layout = parse(jpeg)?;
+    let max_h = layout.components.iter().map(|c| c.h).max()?;
+    let max_v = layout.components.iter().map(|c| c.v).max()?;
+    let needed: Vec<u64> = layout
+        .components
+        .iter()
+        .map(|c| {
+            let size = component_idct_size(scale_denom, max_h, max_v, c.h, c.v);
+            needed_coefficients(size, fidelity)
+        })
+        .collect();
     let keep = select_scans(&layout.scans, &needed, fidelity)?;
     if keep.iter().all(|&k| k) {
         return None;
@@ -654,15 +651,15 @@ mod tests {
     #[test]
     fn libjpeg_script_at_one_eighth_keeps_only_dc_scans() {
         let jpeg = encode_mozjpeg(203, 149, Script::Libjpeg, Some((2, 1)));
-        let layout = parse(&jpeg, |_| true).unwrap();
+        let layout = parse(&jpeg).unwrap();
         assert_eq!(layout.scans.len(), 10);
         let stripped = strip_unneeded_scans(&jpeg, 8).unwrap();
-        let kept = parse(&stripped, |_| true).unwrap().scans;
+        let kept = parse(&stripped).unwrap().scans;
         assert_eq!(kept.len(), 2);
         assert!(kept.iter().all(|s| s.ss == 0 && s.components.len() == 3));
         // 4:2:0 keeps the chroma AC scans: its chroma is decoded through a 2x2 IDCT.
         let jpeg = encode_mozjpeg(203, 149, Script::Libjpeg, Some((2, 2)));
-        let kept = parse(&strip_unneeded_scans(&jpeg, 8).unwrap(), |_| true)
+        let kept = parse(&strip_unneeded_scans(&jpeg, 8).unwrap())
             .unwrap()
             .scans;
         assert_eq!(kept.len(), 6);
@@ -718,7 +715,7 @@ mod tests {
         let jpeg = encode_mozjpeg(203, 149, Script::Libjpeg, Some((2, 1)));
         assert_eq!(strip_unneeded_scans_with(&jpeg, 4, Fidelity::LowPass), None);
         let stripped = strip_unneeded_scans_with(&jpeg, 4, Fidelity::Coarse).unwrap();
-        let luma: Vec<(u8, u8, u8)> = parse(&stripped, |_| true)
+        let luma: Vec<(u8, u8, u8)> = parse(&stripped)
             .unwrap()
             .scans
             .iter()
@@ -785,7 +782,7 @@ mod tests {
     #[test]
     fn bogus_scan_headers_give_none() {
         let jpeg = encode_mozjpeg(64, 48, Script::Libjpeg, Some((2, 2)));
-        let layout = parse(&jpeg, |_| true).unwrap();
+        let layout = parse(&jpeg).unwrap();
         let sos = layout.scans[1].start;
         let ns = usize::from(jpeg[sos + 4]);
         let cases: Vec<(usize, u8)> = vec![
@@ -809,6 +806,21 @@ mod tests {
         let dht = bad.windows(2).position(|w| w == [0xFF, 0xC4]).unwrap();
         bad[dht + 2] = 0xFF;
         assert_eq!(strip_unneeded_scans(&bad, 8), None);
+    }
+
+    #[test]
+    fn too_many_scans_give_none() {
+        let jpeg = encode_mozjpeg(32, 16, Script::Libjpeg, Some((1, 1)));
+        let layout = parse(&jpeg).unwrap();
+        let last = layout.scans.last().unwrap();
+        let mut bomb = jpeg[..last.end].to_vec();
+        // Repeat the last (refinement) scan until the file has more than MAX_SCANS scans.
+        for _ in 0..MAX_SCANS {
+            bomb.extend_from_slice(&jpeg[last.start..last.end]);
+        }
+        bomb.extend([0xFF, 0xD9]);
+        assert_eq!(strip_unneeded_scans(&bomb, 8), None);
+        assert!(strip_unneeded_scans(&jpeg, 8).is_some());
     }
 
     proptest! {
@@ -842,7 +854,7 @@ mod tests {
                 if let Some(out) = strip_unneeded_scans_with(&bytes, 8, fidelity) {
                     prop_assert!(out.len() < bytes.len());
                     prop_assert!(out.starts_with(&[0xFF, 0xD8]) && out.ends_with(&[0xFF, 0xD9]));
-                    prop_assert!(parse(&out, |_| true).is_some());
+                    prop_assert!(parse(&out).is_some());
                 }
             }
         }
