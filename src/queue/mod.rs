@@ -4,6 +4,7 @@
 //! default). Both are at-least-once: a received message that is not acked before its
 //! visibility timeout comes back.
 
+pub mod local;
 pub mod memory;
 pub mod sqs;
 
@@ -81,6 +82,35 @@ pub trait JobQueue: Send + Sync {
     async fn ack(&self, receipt: &str) -> Result<(), QueueError>;
     /// Keep a message invisible for `visibility` more, for long jobs.
     async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError>;
+}
+
+/// A shared queue is a queue: handlers take `Q: JobQueue` by value, and tests or `serve`
+/// keep a handle to the same queue to inspect or drain it.
+#[async_trait]
+impl<T: JobQueue + ?Sized> JobQueue for std::sync::Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    async fn send(&self, body: &str) -> Result<String, QueueError> {
+        (**self).send(body).await
+    }
+    async fn send_batch(&self, bodies: &[String]) -> Result<Vec<FailedEntry>, QueueError> {
+        (**self).send_batch(bodies).await
+    }
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        (**self).receive(max, wait, visibility).await
+    }
+    async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
+        (**self).ack(receipt).await
+    }
+    async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError> {
+        (**self).extend(receipt, visibility).await
+    }
 }
 
 /// SQS's default (and, until 2025, maximum) message size: 256 KiB. Adapters refuse bigger

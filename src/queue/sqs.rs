@@ -313,8 +313,14 @@ impl JobQueue for SqsQueue {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // Round down here: waiting past the caller's deadline is worse than one more call.
-            let wait_secs = i32::try_from(remaining.min(MAX_WAIT_PER_CALL).as_secs()).unwrap_or(0);
+            // SQS waits in whole seconds: round to the nearest, so a 1 s wait is a 1 s long
+            // poll (not a short poll) and the overshoot stays under half a second.
+            let wait_secs = i32::try_from(
+                (remaining + Duration::from_millis(500))
+                    .min(MAX_WAIT_PER_CALL)
+                    .as_secs(),
+            )
+            .unwrap_or(0);
             let output = self
                 .client
                 .receive_message()
@@ -346,7 +352,7 @@ impl JobQueue for SqsQueue {
                 })
                 .collect();
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if !messages.is_empty() || remaining < Duration::from_secs(1) {
+            if !messages.is_empty() || remaining < Duration::from_millis(500) {
                 return Ok(messages);
             }
         }
