@@ -442,7 +442,17 @@ async fn miss(app: &App, method: &Method, uri: &Uri) -> Response {
                 .insert(X_EDGETHUMB, HeaderValue::from_static("pass-through"));
             response
         }
-        EdgeOutcome::Generated { response, .. } => generated_response(response),
+        EdgeOutcome::Generated { response, timings } => {
+            let mut response = generated_response(response);
+            // The handler writes `Server-Timing` while building the response, before its
+            // total is known; the returned timings are complete.
+            if response.headers().contains_key(SERVER_TIMING)
+                && let Ok(value) = HeaderValue::from_str(&timings.server_timing())
+            {
+                response.headers_mut().insert(SERVER_TIMING, value);
+            }
+            response
+        }
     }
 }
 
@@ -484,10 +494,15 @@ fn generated_response(generated: cloudfront::Response) -> Response {
     response
 }
 
+/// Add one metric to `Server-Timing`, keeping a single header line.
 fn timing(headers: &mut HeaderMap, name: &str, duration: Duration) {
     let entry = format!("{name};dur={:.1}", duration.as_secs_f64() * 1000.0);
-    if let Ok(value) = HeaderValue::from_str(&entry) {
-        headers.append(SERVER_TIMING, value);
+    let combined = match headers.get(SERVER_TIMING).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {entry}"),
+        _ => entry,
+    };
+    if let Ok(value) = HeaderValue::from_str(&combined) {
+        headers.insert(SERVER_TIMING, value);
     }
 }
 
