@@ -117,6 +117,32 @@ validate_deploy() {
   bash "$ROOT/scripts/validate_deploy.sh"
 }
 
+# ---- serve page in headless Chromium (owner: serve; see docs/serve.md) ----
+# Debian's chromium (apt, when missing and run as root) and playwright-core (npm ci, cached in
+# the git-ignored tests/browser/node_modules until package-lock.json changes). Exports
+# EDGETHUMB_BROWSER_TEST=required so tests/serve_e2e.rs fails instead of skipping.
+setup_browser() {
+  local dir="$ROOT/tests/browser" stamp
+  if [ ! -x /usr/bin/chromium ]; then
+    [ "$(id -u)" = 0 ] || die "chromium is missing: apt-get install chromium (needs root)"
+    log "installing chromium (apt)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+      || die "apt-get install chromium failed"
+  fi
+  command -v npm >/dev/null || die "npm is missing (Node.js >= 20 with npm)"
+  stamp="$dir/node_modules/.edgethumb-lock-stamp"
+  if [ -f "$stamp" ] && cmp -s "$stamp" "$dir/package-lock.json"; then
+    log "reusing tests/browser/node_modules"
+  else
+    log "npm ci in tests/browser"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/browser failed"
+    cp "$dir/package-lock.json" "$stamp"
+  fi
+  export EDGETHUMB_BROWSER_TEST=required
+}
+
 main() {
   cd "$ROOT"
   trap stop_moto EXIT
@@ -124,6 +150,7 @@ main() {
   trap 'exit 143' TERM
   setup_venv
   start_moto
+  setup_browser
   run_cargo_tests "$@"
   validate_deploy
 }
