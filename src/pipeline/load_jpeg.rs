@@ -171,9 +171,11 @@ pub fn load(
         None => 1,
     };
     // The one place the compressed bytes go to libjpeg once the scale is known. A reduced
-    // decode needs only some of a progressive file's scans; a filter that drops the others
-    // plugs in here by returning `Cow::Owned`.
-    let input: Cow<'_, [u8]> = Cow::Borrowed(data);
+    // decode needs only some of a progressive file's scans: jpeg_scans drops the others.
+    let input: Cow<'_, [u8]> = match super::jpeg_scans::strip_unneeded_scans(data, scale_denom) {
+        Some(stripped) => Cow::Owned(stripped),
+        None => Cow::Borrowed(data),
+    };
     decode(&input, scale_denom, &header, limits)
 }
 
@@ -236,6 +238,10 @@ fn decode(
         };
         cinfo.scale_num = 1;
         cinfo.scale_denom = scale_denom;
+        // Off: after jpeg_scans some AC coefficients never arrive, and libjpeg would invent
+        // them and blur the DC. A complete file never triggers smoothing (truncated ones are
+        // errors here), so nothing else changes.
+        cinfo.do_block_smoothing = 0;
         // SAFETY: header read, parameters set.
         unsafe { ffi::jpeg_start_decompress(cinfo) };
         let (w, h) = (cinfo.output_width, cinfo.output_height);
