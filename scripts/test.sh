@@ -9,7 +9,10 @@
 #                     exit however the tests end. Fails loudly if it cannot start.
 # 3. run_cargo_tests  cargo test --workspace with EDGETHUMB_TEST_ENDPOINT and dummy AWS
 #                     credentials exported; extra arguments are passed through.
-# 4. validate_deploy  offline checks of deploy/template.yaml (cfn-lint, sam validate --lint,
+# 4. run_edge_e2e     scripts/test_edge.sh: package edge.zip (zig, glibc 2.17), load it in
+#                     real node against moto (tests/edge_node.rs); EDGETHUMB_SKIP_EDGE_E2E=1
+#                     skips it, loudly.
+# 5. validate_deploy  offline checks of deploy/template.yaml (cfn-lint, sam validate --lint,
 #                     scripts/check_deploy.py) and pytest deploy/tests, with their own pinned
 #                     tools in .venv-deploy (scripts/validate_deploy.sh).
 #
@@ -112,6 +115,13 @@ run_cargo_tests() {
   )
 }
 
+# ---- edge bundle end to end (owner: edge packaging; see docs/edge.md) ----
+# Packages edge.zip with zig (minutes on a cold target/), then real node loads it against
+# moto. EDGETHUMB_SKIP_EDGE_E2E=1 skips it loudly.
+run_edge_e2e() {
+  bash "$ROOT/scripts/test_edge.sh"
+}
+
 # ---- deployment (owner: deploy; see docs/deploy.md) ----
 validate_deploy() {
   bash "$ROOT/scripts/validate_deploy.sh"
@@ -152,6 +162,7 @@ main() {
   start_moto
   setup_browser
   run_cargo_tests "$@"
+  run_edge_e2e
   validate_deploy
 }
 
