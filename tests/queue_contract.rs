@@ -232,7 +232,7 @@ macro_rules! queue_contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
                 #[allow(clippy::redundant_closure_call)]
-                let Some((queue, _guard)) = ($make)(stringify!($check)).await else {
+                let Some((queue, _guard)) = ($make)(concat!(module_path!(), "::", stringify!($check))).await else {
                     return;
                 };
                 super::$check(&queue).await;

@@ -300,7 +300,7 @@ macro_rules! store_contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
                 #[allow(clippy::redundant_closure_call)]
-                let Some((store, _guard)) = ($make)(stringify!($check)).await else {
+                let Some((store, _guard)) = ($make)(concat!(module_path!(), "::", stringify!($check))).await else {
                     return;
                 };
                 super::$check(&store).await;
