@@ -10,6 +10,8 @@
 //! - the page works in headless Chromium (`tests/browser/`, skipped with a message when
 //!   Chromium or the npm packages are missing, unless `EDGETHUMB_BROWSER_TEST=required`).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -33,12 +35,20 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path, extra: &[&str]) -> Serve {
+        Serve::start_with(&[dir.as_os_str()], extra)
+    }
+
+    fn start_with(positional: &[&std::ffi::OsStr], extra: &[&str]) -> Serve {
         let mut child = Command::new(BIN)
             .arg("serve")
-            .arg(dir)
+            .args(positional)
             .args(["--addr", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "warn")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -371,6 +381,78 @@ fn a_job_left_in_the_queue_is_done_by_the_next_start() {
     let hit = get(&serve.url("/dog.png@120w.jpg"), &[]);
     assert_eq!(hit.header("x-edgethumb"), Some("hit"));
     assert_eq!(image_size(&hit.body), (120, 90));
+    assert!(serve.stop().success());
+}
+
+/// The same flow with `--bucket/--queue-url/--endpoint-url` against moto's S3 and SQS.
+#[test]
+fn serve_against_s3_and_sqs_on_moto() {
+    let test = "serve_e2e::serve_against_s3_and_sqs_on_moto";
+    let Some(endpoint) = common::moto_endpoint(test) else {
+        return;
+    };
+    let rt = runtime();
+    let (Some(store), Some(queue)) = rt.block_on(async {
+        (
+            common::moto_store(test).await,
+            common::moto_queue(test).await,
+        )
+    }) else {
+        return;
+    };
+    let temp = tempfile::tempdir().expect("tempdir");
+    let png = temp.path().join("cat.png");
+    write_original(&png);
+    let body = bytes::Bytes::from(std::fs::read(&png).expect("read"));
+    let request = edgethumb::store::PutRequest {
+        content_type: "image/png".into(),
+        ..Default::default()
+    };
+    rt.block_on(store.put("photos/cat.png", body, request))
+        .expect("put original");
+    let mut serve = Serve::start_with(
+        &[],
+        &[
+            "--bucket",
+            store.bucket(),
+            "--queue-url",
+            queue.queue_url(),
+            "--endpoint-url",
+            &endpoint,
+            "--region",
+            "us-east-1",
+        ],
+    );
+    let miss = get(&serve.url("/photos/cat.png@100w_100h_1e_1c.jpg"), &[]);
+    assert_eq!(miss.status, 200, "{}", String::from_utf8_lossy(&miss.body));
+    assert_eq!(miss.header("x-edgethumb"), Some("miss"));
+    assert_eq!(image_size(&miss.body), (100, 100));
+
+    let key = "photos/cat.png@100w_100h_1e_1c.jpg";
+    let deadline = Instant::now() + WORKER_TIMEOUT;
+    let info = loop {
+        if let Some(info) = rt.block_on(store.head(key)).expect("head") {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no variant in S3 within {WORKER_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let tags = rt.block_on(store.tags(key)).expect("tags").expect("exists");
+    assert_eq!(tags.get("createByLambda").map(String::as_str), Some("1"));
+    assert!(!info.metadata.is_empty());
+    let etag = info.etag.expect("etag");
+    let hit = get(&serve.url("/photos/cat.png@100w_100h_1e_1c.jpg"), &[]);
+    assert_eq!(hit.header("x-edgethumb"), Some("hit"));
+    assert_eq!(hit.header("etag"), Some(etag.as_str()));
+    assert_eq!(image_size(&hit.body), (100, 100));
+    let not_modified = get(
+        &serve.url("/photos/cat.png@100w_100h_1e_1c.jpg"),
+        &[("if-none-match", &etag)],
+    );
+    assert_eq!(not_modified.status, 304);
     assert!(serve.stop().success());
 }
 
