@@ -147,9 +147,12 @@ mod tests {
     const LANDSCAPE: (u32, u32) = (5640, 3172);
     const PORTRAIT: (u32, u32) = (2560, 3837);
 
+    /// (source size, params, expected output size)
+    type Case = ((u32, u32), &'static str, (u32, u32));
+
     #[test]
     fn geometry_table() {
-        let table: &[((u32, u32), &str, (u32, u32))] = &[
+        let table: &[Case] = &[
             // e=0 fit inside
             (LANDSCAPE, "400w_400h", (400, 225)),
             (PORTRAIT, "400w_400h", (267, 400)),

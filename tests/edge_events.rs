@@ -12,10 +12,8 @@ use edgethumb::queue::memory::MemoryQueue;
 use edgethumb::store::memory::MemoryStore;
 use edgethumb::store::{ObjectStore, PutRequest};
 
-type Handler = EdgeHandler<
-    Arc<MemoryQueue>,
-    Box<dyn Fn(&BucketLocation) -> Arc<dyn ObjectStore> + Send + Sync>,
->;
+type StoreFactory = Box<dyn Fn(&BucketLocation) -> Arc<dyn ObjectStore> + Send + Sync>;
+type Handler = EdgeHandler<Arc<MemoryQueue>, StoreFactory>;
 
 struct Rig {
     handler: Handler,
@@ -34,11 +32,10 @@ fn rig_with(config: EdgeConfig, queue: MemoryQueue) -> Rig {
     let store = Arc::new(MemoryStore::new("photos-bucket"));
     let locations = Arc::new(Mutex::new(Vec::new()));
     let (s, l) = (store.clone(), locations.clone());
-    let stores: Box<dyn Fn(&BucketLocation) -> Arc<dyn ObjectStore> + Send + Sync> =
-        Box::new(move |loc: &BucketLocation| {
-            l.lock().unwrap().push(loc.clone());
-            s.clone() as Arc<dyn ObjectStore>
-        });
+    let stores: StoreFactory = Box::new(move |loc: &BucketLocation| {
+        l.lock().unwrap().push(loc.clone());
+        s.clone() as Arc<dyn ObjectStore>
+    });
     Rig {
         handler: EdgeHandler::new(config, queue.clone(), stores),
         queue,
