@@ -6,6 +6,10 @@
 //! except the documented ones) because the edge addon has no environment variables at all:
 //! its settings are baked into the bundle.
 //!
+//! Build SDK clients through [`AwsSettings`] (or give them [`shared_http_client`]): with the
+//! SDK's default features off, a client configured by hand has no HTTP client at all and
+//! every call fails with "No HTTP client was available".
+//!
 //! The HTTPS client is rustls with *ring* rather than the SDK default (aws-lc-rs): the edge
 //! addon is cross-built for glibc 2.17 with zig, and aws-lc-sys is the part of that build
 //! that breaks. One client (one connection pool) is shared by every SDK client in the

@@ -428,6 +428,123 @@ mod tests {
         );
     }
 
+    /// A stand-in SQS endpoint speaking the JSON protocol for SendMessageBatch, failing
+    /// chosen entries on the first call. moto never fails single entries, so this is the
+    /// only way to exercise the partial-failure path; everything else runs against moto.
+    async fn fake_sqs(
+        transient: &'static [&'static str],
+        sender_fault: &'static [&'static str],
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+        let seen = calls.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let calls = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // Read one request: headers, then Content-Length bytes of body.
+                        let header_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            let n = socket.read(&mut chunk).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        };
+                        let headers = String::from_utf8_lossy(&buf[..header_end]).to_lowercase();
+                        let length: usize = headers
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < header_end + length {
+                            let mut chunk = [0u8; 4096];
+                            let n = socket.read(&mut chunk).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&buf[header_end..header_end + length]).unwrap();
+                        buf.drain(..header_end + length);
+                        let ids: Vec<String> = body["Entries"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|e| e["Id"].as_str().unwrap().to_string())
+                            .collect();
+                        let first_call = {
+                            let mut calls = calls.lock().unwrap();
+                            calls.push(ids.clone());
+                            calls.len() == 1
+                        };
+                        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+                        for id in ids {
+                            if sender_fault.contains(&id.as_str()) {
+                                failed.push(serde_json::json!({"Id": id, "SenderFault": true, "Code": "InvalidMessageContents", "Message": "bad"}));
+                            } else if first_call && transient.contains(&id.as_str()) {
+                                failed.push(serde_json::json!({"Id": id, "SenderFault": false, "Code": "InternalError", "Message": "try again"}));
+                            } else {
+                                ok.push(serde_json::json!({"Id": id, "MessageId": format!("m-{id}"), "MD5OfMessageBody": "x"}));
+                            }
+                        }
+                        let reply =
+                            serde_json::json!({"Successful": ok, "Failed": failed}).to_string();
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\n\r\n{reply}",
+                            reply.len()
+                        );
+                        if socket.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (endpoint, calls)
+    }
+
+    #[tokio::test]
+    async fn batch_retries_only_transient_failures() {
+        let (endpoint, calls) = fake_sqs(&["1", "3"], &["5"]).await;
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "a", "b", None, None, "test",
+            ))
+            .endpoint_url(&endpoint)
+            .http_client(crate::aws::shared_http_client())
+            .build();
+        let queue = SqsQueue::new(
+            aws_sdk_sqs::Client::from_conf(config),
+            format!("{endpoint}/q"),
+        );
+        let bodies: Vec<String> = (0..7).map(|i| format!("body {i}")).collect();
+        let failed = queue.send_batch(&bodies).await.unwrap();
+        // The sender-fault entry is reported, not retried; transient ones were retried alone.
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].index, 5);
+        assert!(
+            failed[0].reason.contains("InvalidMessageContents"),
+            "{}",
+            failed[0].reason
+        );
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[0].len(), 7);
+        assert_eq!(calls[1], vec!["1".to_string(), "3".to_string()]);
+    }
+
     #[tokio::test]
     async fn oversize_is_refused_before_any_request() {
         // An unroutable endpoint: any request would fail with a dispatch error instead.
