@@ -100,7 +100,7 @@ start_moto() {
     done
     stop_moto
   done
-  die "moto_server did not start within ${MOTO_START_TIMEOUT_S} s (see $MOTO_LOG)"
+  die "moto_server could not start in 3 attempts (each waits up to ${MOTO_START_TIMEOUT_S} s; see $MOTO_LOG)"
 }
 
 run_cargo_tests() {
