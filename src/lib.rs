@@ -13,6 +13,7 @@ pub mod queue;
 pub mod serve;
 pub mod store;
 pub mod variant;
+pub mod worker;
 
 pub use geometry::{Crop, Plan, plan};
 pub use variant::{OutputFormat, Params, ResizeMode, VariantError, VariantKey};

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod enqueue;
 mod render;
 mod serve;
+mod work;
 
 /// On-the-fly image thumbnails for CloudFront.
 #[derive(Debug, Parser)]
@@ -27,6 +28,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Enqueue render jobs by hand (reprocess variants, pre-warm a prefix).
     Enqueue(enqueue::EnqueueArgs),
+    /// Run the worker outside Lambda: consume render jobs from SQS or the local queue.
+    Work(work::WorkArgs),
 }
 
 /// Parse the command line, run the subcommand, and exit non-zero with a one-line reason
@@ -37,6 +40,7 @@ pub fn main() -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Enqueue(args) => enqueue::run(args),
+        Command::Work(args) => work::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

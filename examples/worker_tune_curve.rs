@@ -1,0 +1,73 @@
+//! Score and size against quality for one image, and what the worker's tuner picks.
+//!
+//! `cargo run --release --example worker_tune_curve -- IMAGE PARAMS [TARGET]`
+//! (used to choose the tuner's start, step and default target; see docs/worker.md).
+
+use std::time::Instant;
+
+use edgethumb::Params;
+use edgethumb::pipeline::{self, EncodeSpec, Limits, Profile};
+use edgethumb::worker::tuning::{self, Scorer, TuningConfig};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(path), Some(spec)) = (args.get(1), args.get(2)) else {
+        anyhow::bail!("usage: worker_tune_curve IMAGE PARAMS [TARGET]");
+    };
+    let target: f64 = args
+        .get(3)
+        .map_or(Ok(tuning::DEFAULT_TARGET_SCORE), |t| t.parse())?;
+    let source = std::fs::read(path)?;
+    let params: Params = spec.parse()?;
+    let limits = Limits::default();
+    let t = Instant::now();
+    let prepared = pipeline::prepare(&source, &params, &limits)?;
+    let t_prepare = t.elapsed();
+    let t = Instant::now();
+    let reference = pipeline::prepare_reference(&source, &params, &limits)?;
+    let t_reference = t.elapsed();
+    let scorer = Scorer::new(&reference)?.ok_or_else(|| anyhow::anyhow!("too small"))?;
+    let format = params.output_format(prepared.source_format);
+    println!(
+        "{path} {spec}: {}x{} prepare {:?} reference {:?} ceiling {:.2}",
+        prepared.width,
+        prepared.height,
+        t_prepare,
+        t_reference,
+        scorer.score(&prepared)?
+    );
+    for q in (30..=95).step_by(5) {
+        let t = Instant::now();
+        let bytes = prepared.encode(&EncodeSpec {
+            format,
+            quality: q,
+            progressive: params.progressive,
+            profile: Profile::Best,
+        })?;
+        let t_encode = t.elapsed();
+        let t = Instant::now();
+        let score = scorer.score_encoded(&bytes)?;
+        println!(
+            "q{q:3} {:8} B  s2 {score:6.2}  encode {:?} score {:?}",
+            bytes.len(),
+            t_encode,
+            t.elapsed()
+        );
+    }
+    let t = Instant::now();
+    let config = TuningConfig {
+        target_score: target,
+        ..TuningConfig::default()
+    };
+    let choice = tuning::encode_best(&prepared, Some(&reference), &params, &config)?;
+    println!(
+        "tuned (target {target}): q{} {} B s2 {:.2} {} encodes, {} in {:?}",
+        choice.quality,
+        choice.bytes.len(),
+        choice.score.unwrap_or(f64::NAN),
+        choice.encodes,
+        choice.method,
+        t.elapsed()
+    );
+    Ok(())
+}
