@@ -43,6 +43,10 @@ pub struct RenderArgs {
     /// A=400w_400h.jpg, B=200w_200h.webp, C=1024w_1r.jpg, D=400w_400h.png.
     #[arg(long, value_enum)]
     pub peer_op: Option<PeerOp>,
+    /// Search the quality as the worker does (SSIMULACRA2 target) when PARAMS set no `q`;
+    /// implies the `best` encoder. For benchmarking the worker's output.
+    #[arg(long)]
+    pub tune: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,10 +87,15 @@ impl PeerOp {
 
 #[derive(Debug, Serialize)]
 struct RunTimings {
+    /// Sniffing, header checks, (reduced) decode and orientation.
     decode_ms: f64,
+    /// ICC / CMYK / bit-depth conversion.
+    colour_ms: f64,
     resize_ms: f64,
     encode_ms: f64,
     total_ms: f64,
+    /// User + system CPU time of the run (trustworthy on a busy machine, unlike wall).
+    cpu_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,6 +109,7 @@ struct Report {
     bytes: usize,
     runs: Vec<RunTimings>,
     median_total_ms: f64,
+    median_cpu_ms: f64,
     peak_rss_kb: i64,
 }
 
@@ -139,21 +149,37 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let mut runs = Vec::with_capacity(args.repeat as usize);
     let mut last = None;
     for _ in 0..args.repeat {
+        let cpu_start = cpu_time();
         let start = Instant::now();
         let prepared = pipeline::prepare(&source, &params, &limits)
             .with_context(|| format!("{}", input.display()))?;
         let prepared_at = Instant::now();
         let encode_spec = prepared.encode_spec(&params, profile);
-        let bytes = prepared
-            .encode(&encode_spec)
-            .with_context(|| format!("{}", input.display()))?;
+        let bytes = if args.tune {
+            // The worker's search: a full-decode reference, only when a lossy `q` is open.
+            let tuned = encode_spec.format.is_lossy() && params.quality.is_none();
+            let reference = tuned
+                .then(|| pipeline::prepare_reference(&source, &params, &limits))
+                .transpose()
+                .with_context(|| format!("{}", input.display()))?;
+            let config = edgethumb::worker::TuningConfig::default();
+            edgethumb::worker::tuning::encode_best(&prepared, reference.as_ref(), &params, &config)
+                .with_context(|| format!("{}", input.display()))?
+                .bytes
+        } else {
+            prepared
+                .encode(&encode_spec)
+                .with_context(|| format!("{}", input.display()))?
+        };
         let done = Instant::now();
         let t = prepared.timings;
         runs.push(RunTimings {
-            decode_ms: ms(t.load + t.orient + t.colour),
+            decode_ms: ms(t.load + t.orient),
+            colour_ms: ms(t.colour),
             resize_ms: ms(t.resize),
             encode_ms: ms(done - prepared_at),
             total_ms: ms(done - start),
+            cpu_ms: ms(cpu_time().saturating_sub(cpu_start)),
         });
         last = Some((prepared, encode_spec, bytes));
     }
@@ -178,12 +204,32 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             height: prepared.height,
             bytes: bytes.len(),
             median_total_ms: totals[totals.len() / 2],
+            median_cpu_ms: {
+                let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_ms).collect();
+                cpu.sort_by(f64::total_cmp);
+                cpu[cpu.len() / 2]
+            },
             runs,
             peak_rss_kb: peak_rss_kb(),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// User + system CPU time consumed by this process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return Duration::ZERO;
+        }
+        usage
+    };
+    let tv =
+        |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Peak resident set size of this process in KiB (`getrusage`, Linux reports KiB).
