@@ -38,6 +38,10 @@ const PAGE_HTML: &str = include_str!("page.html");
 /// streaming read), so this bounds the memory one request can take.
 pub const MAX_SERVED_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Bounds on the misses rendered at once (about the number of cores).
+const MIN_MISS_RENDERS: usize = 2;
+const MAX_MISS_RENDERS: usize = 16;
+
 /// Originals listed on the page at most; the page is for browsing, not an inventory.
 const MAX_LISTED_ORIGINALS: usize = 2000;
 /// Keys scanned at most when listing, so a huge bucket cannot stall the page.
@@ -95,6 +99,10 @@ pub struct App {
     origin: Origin,
     error_cache_control: String,
     next_request: AtomicU64,
+    /// Misses rendered at once. Lambda@Edge gives every request its own container; here one
+    /// process shares the machine, so a burst of misses (a page of new thumbnails, or a
+    /// flood) queues instead of holding one decoded original per request in memory.
+    miss_permits: tokio::sync::Semaphore,
 }
 
 impl App {
@@ -124,6 +132,9 @@ impl App {
             origin,
             error_cache_control,
             next_request: AtomicU64::new(1),
+            miss_permits: tokio::sync::Semaphore::new(
+                crate::worker::available_cores().clamp(MIN_MISS_RENDERS, MAX_MISS_RENDERS),
+            ),
         }
     }
 
@@ -433,6 +444,11 @@ fn whole_seconds(time: SystemTime) -> SystemTime {
 /// The miss path: the edge handler, given what CloudFront would give it.
 async fn miss(app: &App, method: &Method, uri: &Uri) -> Response {
     let event = app.miss_event(method, uri);
+    // The semaphore is never closed, so acquiring only fails if it were; answer as the
+    // edge does when it cannot render now.
+    let Ok(_permit) = app.miss_permits.acquire().await else {
+        return app.error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
     match app.handler.handle(&event).await {
         // A real 404 (no `@` in the key): S3's answer goes back to the client.
         EdgeOutcome::PassThrough => {

@@ -368,6 +368,28 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn seed_writes_each_image_once_and_never_overwrites() {
+        let store = crate::store::memory::MemoryStore::new("demo");
+        let mine = PutRequest {
+            content_type: "image/jpeg".into(),
+            ..Default::default()
+        };
+        store
+            .put("tower.jpg", Bytes::from_static(b"my own photo"), mine)
+            .await
+            .unwrap();
+        let written = seed(&store).await.unwrap();
+        assert_eq!(written.len(), DEMO_IMAGES.len() - 1);
+        assert!(!written.contains(&"tower.jpg".to_string()));
+        let kept = store.get("tower.jpg", u64::MAX).await.unwrap().unwrap();
+        assert_eq!(&kept.body[..], b"my own photo");
+        let sunset = store.get("sunset.jpg", u64::MAX).await.unwrap().unwrap();
+        assert_eq!(sunset.info.content_type.as_deref(), Some("image/jpeg"));
+        assert_eq!(&sunset.body[..3], &[0xFF, 0xD8, 0xFF], "a JPEG");
+        assert!(seed(&store).await.unwrap().is_empty());
+    }
+
     #[test]
     fn drawn_images_are_not_flat() {
         for pixels in [

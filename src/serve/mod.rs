@@ -16,7 +16,7 @@ pub mod app;
 pub mod demo;
 pub mod keys;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +40,8 @@ pub fn spool_dir(originals: &Path) -> PathBuf {
     originals.join(STATE_DIR).join("queue")
 }
 
-/// How long shutdown waits for the worker's jobs in flight before leaving them in the
-/// queue (they come back after the visibility timeout on the next start).
+/// How long shutdown waits for open requests, then for the worker's jobs in flight before
+/// leaving them in the queue (they come back after the visibility timeout on the next start).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -161,10 +161,25 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         info!(event = "serve.listening", addr = %addr, bucket = bucket.as_str(), queue = queue.name());
     }
-    let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Http);
+    // Graceful, but bounded: a client that keeps a request open cannot hold shutdown up.
+    let (signalled_tx, mut signalled_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = signalled_tx.send(true);
+    };
+    let server = axum::serve(listener, router(app)).with_graceful_shutdown(shutdown);
+    let served = tokio::select! {
+        served = server.into_future() => served.map_err(ServeError::Http),
+        () = async {
+            // Only an `Err` (sender dropped, i.e. the server is gone) ends this early, and
+            // then the other branch has already completed.
+            let _ = signalled_rx.wait_for(|signalled| *signalled).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            warn!(event = "serve.http_timeout", "requests still open after the grace period were dropped");
+            Ok(())
+        }
+    };
     info!(
         event = "serve.stopping",
         "HTTP stopped; stopping the worker"
