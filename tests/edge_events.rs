@@ -176,6 +176,12 @@ async fn misses_as_403_and_404_render_and_enqueue() {
         assert!(header(&r, "etag").starts_with('"'));
         assert!(httpdate::parse_http_date(header(&r, "last-modified")).is_ok());
         assert!(!r.headers.contains_key("content-encoding"));
+        let timing = header(&r, "server-timing");
+        assert!(timing.contains("render;dur="), "{timing}");
+        assert!(
+            !timing.contains("total;dur=0.0"),
+            "total is filled in: {timing}"
+        );
         let img = image::load_from_memory(&body(&r)).unwrap();
         // 200w_200h_1e on 640x480: cover → 267x200.
         assert_eq!((img.width(), img.height()), (267, 200));
