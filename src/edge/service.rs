@@ -158,6 +158,62 @@ pub fn panic_response(payload: &(dyn Any + Send)) -> String {
 mod tests {
     use super::*;
 
+    /// A service whose endpoint answers nothing: these cases never reach S3 or SQS.
+    async fn offline_service() -> EdgeService {
+        let config = EdgeConfig::from_json(
+            r#"{"queue_url": "http://127.0.0.1:9/1/q", "queue_region": "us-east-1",
+                "endpoint_url": "http://127.0.0.1:9"}"#,
+            "test",
+        )
+        .unwrap();
+        EdgeService::from_config(config).await
+    }
+
+    fn sample(name: &str) -> Value {
+        let path = format!(
+            "{}/events/origin-response-{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn values_pass_through_untouched_or_become_the_generated_response() {
+        let service = offline_service().await;
+        let hit = sample("hit-200");
+        let expected = hit["Records"][0]["cf"]["response"].clone();
+        assert_eq!(service.handle_value(hit).await, expected);
+        let bad = service.handle_value(sample("invalid-params")).await;
+        assert_eq!(bad["status"], "400", "{bad}");
+        assert_eq!(bad["bodyEncoding"], "text");
+    }
+
+    #[tokio::test]
+    async fn an_unparsable_event_is_passed_through() {
+        let service = offline_service().await;
+        assert_eq!(service.handle_json("{\"Records\": 7}").await, None);
+        assert_eq!(service.handle_json("not json").await, None);
+        let odd = serde_json::json!({"Records": [{"cf": {"response": {"status": "404"}}}]});
+        assert_eq!(
+            service.handle_value(odd).await,
+            serde_json::json!({"status": "404"})
+        );
+    }
+
+    #[tokio::test]
+    async fn config_from_the_environment_names_both_variables_when_missing() {
+        // Only asserts the message; the variables are not set in the test environment.
+        if std::env::var_os(CONFIG_PATH_ENV).is_none()
+            && std::env::var_os(CONFIG_JSON_ENV).is_none()
+        {
+            let err = EdgeService::from_env().await.err().unwrap().to_string();
+            assert!(
+                err.contains(CONFIG_PATH_ENV) && err.contains(CONFIG_JSON_ENV),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn panic_response_is_a_valid_uncached_500() {
         let payload: Box<dyn Any + Send> = Box::new("boom");
