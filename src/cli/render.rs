@@ -162,7 +162,10 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
                 .then(|| pipeline::prepare_reference(&source, &params, &limits))
                 .transpose()
                 .with_context(|| format!("{}", input.display()))?;
-            let config = edgethumb::worker::TuningConfig::default();
+            // The worker's settings, so EDGETHUMB_TARGET_SCORE etc. apply here too.
+            let config = edgethumb::worker::WorkerConfig::from_env()
+                .context("worker settings")?
+                .tuning;
             edgethumb::worker::tuning::encode_best(&prepared, reference.as_ref(), &params, &config)
                 .with_context(|| format!("{}", input.display()))?
                 .bytes
