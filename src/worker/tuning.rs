@@ -34,6 +34,9 @@ pub const MAX_QUALITY: u8 = 95;
 /// very high), the target is lowered to this far under that ceiling, so the search does not
 /// climb to the top quality chasing points that compression cannot give back.
 pub const CEILING_MARGIN: f64 = 4.0;
+/// When the target is out of reach, candidates within this many points of the best score
+/// count as equally good, and the smallest of them is written.
+pub const UNREACHABLE_SLACK: f64 = 1.0;
 /// The ceiling is only measured once a candidate this good still fails the target: a
 /// failure at a low quality is the normal first step of the search, not a sign of it.
 pub const CEILING_CHECK_QUALITY: u8 = 85;
@@ -346,12 +349,21 @@ fn bounded_search(
     if let Some(i) = pass_index {
         return Ok((trials.swap_remove(i), encodes, "tuned"));
     }
-    // Nothing reached the target within the bound: the best-scoring candidate.
-    let best = trials
-        .into_iter()
-        .max_by(|a, b| a.score.total_cmp(&b.score))
+    // Nothing reached the target within the bound (e.g. chroma subsampling caps a small
+    // JPEG): the lowest quality within a point of the best score, since the last points
+    // near the cap cost many bytes for no visible gain.
+    let best_score = trials
+        .iter()
+        .map(|t| t.score)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let index = trials
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.score >= best_score - UNREACHABLE_SLACK)
+        .min_by_key(|(_, t)| t.quality)
+        .map(|(i, _)| i)
         .ok_or_else(|| TuneError::Metric("no candidate measured".into()))?;
-    Ok((best, encodes, "unreachable"))
+    Ok((trials.swap_remove(index), encodes, "unreachable"))
 }
 
 /// Where to measure next: interpolate between the bracketing trials, or step outward from
@@ -458,6 +470,16 @@ mod tests {
         let (_, score, _, method, _) = run(&config(65.0, 6), curve, 100.0);
         assert_eq!(method, "tuned");
         assert!(score >= 65.0);
+    }
+
+    #[test]
+    fn out_of_reach_takes_the_smallest_candidate_near_the_cap() {
+        // Saturates at ~72 from q80 up (like a small 4:2:0 JPEG); the ceiling is high.
+        let curve = |q: u8| 72.0 - (f64::from(80u8.saturating_sub(q)) * 0.5) + f64::from(q) * 0.001;
+        let (q, score, _, method, seen) = run(&config(80.0, 6), curve, 99.0);
+        assert_eq!(method, "unreachable", "{seen:?}");
+        assert!(score > 71.0, "{score}");
+        assert!(q < 95, "took q{q} from {seen:?}");
     }
 
     #[test]
