@@ -11,7 +11,11 @@
 //!   `<id>.<count>`: a fresh one per receive, so a stale receipt can never ack a message
 //!   that has since been redelivered.
 //!
-//! Receive first moves expired in-flight messages back to ready, then claims ready ones by
+//! - `dead/<id>.<count>`: received `max_receive_count` times without an ack (SQS's redrive
+//!   to a dead-letter queue): kept for inspection, never delivered again, so a job that can
+//!   never succeed neither disappears nor circulates forever.
+//!
+//! Receive first moves expired in-flight messages back to ready (or to dead), then claims ready ones by
 //! renaming them to in-flight. Ack deletes the in-flight file; extend renames it with a new
 //! deadline. Delivery is at-least-once like SQS: a claim or ack lost in a crash means the
 //! message comes back, never that it is lost.
@@ -32,6 +36,10 @@ use super::{
 
 /// How often a long poll looks at the spool again.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Receives without an ack before a message is dead-lettered (the SAM template's redrive
+/// uses the same number for SQS).
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+
 /// Temp files older than this were left by a crashed sender; swept on open.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
@@ -46,6 +54,7 @@ struct Inner {
     root: PathBuf,
     name: String,
     max_message_bytes: usize,
+    max_receive_count: u32,
     seq: AtomicU64,
 }
 
@@ -124,7 +133,7 @@ impl LocalQueue {
     pub async fn open(root: impl Into<PathBuf>) -> Result<LocalQueue, QueueError> {
         let root = root.into();
         blocking(move || {
-            for dir in ["ready", "inflight", "tmp"] {
+            for dir in ["ready", "inflight", "tmp", "dead"] {
                 let path = root.join(dir);
                 fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
             }
@@ -132,6 +141,7 @@ impl LocalQueue {
                 name: root.display().to_string(),
                 root,
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
                 seq: AtomicU64::new(0),
             };
             inner.sweep_stale_temps();
@@ -149,11 +159,44 @@ impl LocalQueue {
             root: self.inner.root.clone(),
             name: self.inner.name.clone(),
             max_message_bytes: limit,
+            max_receive_count: self.inner.max_receive_count,
             seq: AtomicU64::new(self.inner.seq.load(Ordering::Relaxed)),
         };
         LocalQueue {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Override how many unacked receives send a message to `dead/` (at least 1).
+    pub fn with_max_receive_count(self, count: u32) -> Self {
+        let inner = Inner {
+            root: self.inner.root.clone(),
+            name: self.inner.name.clone(),
+            max_message_bytes: self.inner.max_message_bytes,
+            max_receive_count: count.max(1),
+            seq: AtomicU64::new(self.inner.seq.load(Ordering::Relaxed)),
+        };
+        LocalQueue {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Bodies of dead-lettered messages, oldest first, for inspection and re-driving.
+    pub async fn dead_letters(&self) -> Result<Vec<String>, QueueError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut bodies = Vec::new();
+            for name in inner.names("dead")? {
+                let path = inner.dir("dead").join(&name);
+                match fs::read(&path) {
+                    Ok(bytes) => bodies.push(String::from_utf8_lossy(&bytes).into_owned()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error(&path, e)),
+                }
+            }
+            Ok(bodies)
+        })
+        .await
     }
 
     pub fn root(&self) -> &Path {
@@ -256,7 +299,23 @@ impl Inner {
                 continue;
             }
             let from = self.dir("inflight").join(&name);
-            let to = self.dir("ready").join(&inflight.receipt);
+            let received = inflight
+                .receipt
+                .rsplit_once('.')
+                .and_then(|(_, count)| count.parse::<u32>().ok())
+                .unwrap_or(0);
+            let to = if received >= self.max_receive_count {
+                tracing::warn!(
+                    event = "queue.dead_lettered",
+                    queue = self.name.as_str(),
+                    message = inflight.receipt.as_str(),
+                    receive_count = received,
+                    "message received {received} times without an ack; moved to dead/"
+                );
+                self.dir("dead").join(&inflight.receipt)
+            } else {
+                self.dir("ready").join(&inflight.receipt)
+            };
             match fs::rename(&from, &to) {
                 Ok(()) => {}
                 // Acked, extended or reclaimed by someone else meanwhile.
@@ -447,6 +506,40 @@ impl JobQueue for LocalQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unacked_messages_are_dead_lettered_after_max_receives() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = LocalQueue::open(dir.path())
+            .await
+            .unwrap()
+            .with_max_receive_count(2);
+        queue.send("poison").await.unwrap();
+        queue.send("good").await.unwrap();
+        let short = Duration::from_millis(30);
+        for round in 1..=2u32 {
+            let got = queue.receive(10, Duration::ZERO, short).await.unwrap();
+            assert_eq!(got.len(), 2, "round {round}");
+            assert!(got.iter().all(|m| m.receive_count == round));
+            if round == 2 {
+                let good = got.iter().find(|m| m.body == "good").unwrap();
+                queue.ack(&good.receipt).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        let got = queue.receive(10, Duration::ZERO, short).await.unwrap();
+        assert!(
+            got.is_empty(),
+            "the poison message is not delivered a third time"
+        );
+        assert_eq!(
+            queue.dead_letters().await.unwrap(),
+            vec!["poison".to_string()]
+        );
+        // Dead letters survive a restart of the process (a new handle on the same spool).
+        let reopened = LocalQueue::open(dir.path()).await.unwrap();
+        assert_eq!(reopened.dead_letters().await.unwrap().len(), 1);
+    }
 
     #[test]
     fn names_parse() {
