@@ -14,6 +14,7 @@ use lcms2::{Flags, Intent, PixelFormat, Profile, Transform};
 
 use super::image::{ImageState, Layout};
 
+/// Convert to 8-bit sRGB (16-bit input must have been narrowed by [`narrow_16_to_8`]).
 pub fn to_srgb8(image: &mut ImageState) {
     narrow_16_to_8(image);
     let icc = image.icc.take();
@@ -31,8 +32,9 @@ pub fn to_srgb8(image: &mut ImageState) {
     }
 }
 
-/// 16-bit big-endian samples → 8-bit, rounding to nearest.
-fn narrow_16_to_8(image: &mut ImageState) {
+/// 16-bit big-endian samples → 8-bit, rounding to nearest. Runs before the resize, which
+/// works on 8-bit samples.
+pub fn narrow_16_to_8(image: &mut ImageState) {
     let narrow = match image.layout {
         Layout::Gray16 => Layout::Gray8,
         Layout::GrayAlpha16 => Layout::GrayAlpha8,

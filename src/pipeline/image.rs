@@ -64,6 +64,11 @@ pub struct ImageState {
     /// Size of the source before any shrink-on-load (stored orientation); the geometry is
     /// planned on this, so a reduced decode gives the same output size as a full one.
     pub full_size: (u32, u32),
+    /// The part of the buffer that shows the source, as `[x0, y0, x1, y1]` in buffer
+    /// pixels. A DCT-scaled JPEG decode covers whole blocks, so a 3837 px side at 1/4
+    /// comes out as 960 px of which only 959.25 are image; resampling the padding too
+    /// would stretch the thumbnail by a fraction of a pixel, which SSIMULACRA2 punishes.
+    pub content: [f64; 4],
     /// EXIF orientation (1–8) still to apply; 1 once the orient step ran.
     pub orientation: u8,
     /// Embedded ICC profile, if any, dropped once the colour step converted to sRGB.

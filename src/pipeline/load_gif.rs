@@ -70,6 +70,7 @@ pub fn load(data: &[u8], limits: &Limits) -> Result<ImageState, PipelineError> {
         layout,
         data: pixels,
         full_size: (width, height),
+        content: [0.0, 0.0, width as f64, height as f64],
         orientation: 1,
         icc: None,
         cmyk_inverted: false,

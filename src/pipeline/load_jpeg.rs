@@ -276,6 +276,12 @@ fn decode(
             layout,
             data,
             full_size: (header.width, header.height),
+            content: [
+                0.0,
+                0.0,
+                header.width as f64 / scale_denom as f64,
+                header.height as f64 / scale_denom as f64,
+            ],
             orientation: header.orientation,
             icc: header.icc.clone(),
             cmyk_inverted: layout == Layout::Cmyk8 && header.adobe,

@@ -75,6 +75,7 @@ pub fn load(data: &[u8], limits: &Limits) -> Result<ImageState, PipelineError> {
         layout,
         data: pixels,
         full_size: (width, height),
+        content: [0.0, 0.0, width as f64, height as f64],
         orientation,
         icc,
         cmyk_inverted: false,

@@ -149,6 +149,8 @@ pub fn load(
         layout,
         data: pixels,
         full_size: (width, height),
+        // libwebp's rescaler maps the whole source onto the output: no padding.
+        content: [0.0, 0.0, out_w as f64, out_h as f64],
         orientation,
         icc: container.icc,
         cmyk_inverted: false,

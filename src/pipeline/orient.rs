@@ -21,11 +21,30 @@ pub fn orient(image: &mut ImageState) {
         6 => remap::<6>(&data, w, h, orientation),
         _ => remap::<8>(&data, w, h, orientation),
     };
+    let (w, h) = (image.width as f64, image.height as f64);
+    let [x0, y0, x1, y1] = image.content;
+    let (ax, ay) = displayed_point(x0, y0, w, h, orientation);
+    let (bx, by) = displayed_point(x1, y1, w, h, orientation);
+    image.content = [ax.min(bx), ay.min(by), ax.max(bx), ay.max(by)];
     let (ow, oh) = oriented_size(image.width, image.height, orientation);
     image.width = ow;
     image.height = oh;
     let (fw, fh) = image.full_size;
     image.full_size = oriented_size(fw, fh, orientation);
+}
+
+/// Where the continuous stored point (x, y) of a `w`×`h` image is displayed.
+fn displayed_point(x: f64, y: f64, w: f64, h: f64, orientation: u8) -> (f64, f64) {
+    match orientation {
+        2 => (w - x, y),
+        3 => (w - x, h - y),
+        4 => (x, h - y),
+        5 => (y, x),
+        6 => (h - y, x),
+        7 => (h - y, w - x),
+        8 => (y, w - x),
+        _ => (x, y),
+    }
 }
 
 /// Source coordinate for output pixel (x, y) of a `w`×`h` stored image.
@@ -69,6 +88,7 @@ mod tests {
             layout: Layout::Gray8,
             data: vec![1, 2, 3, 4, 5, 6],
             full_size: (3, 2),
+            content: [0.0, 0.0, 2.5, 2.0],
             orientation,
             icc: None,
             cmyk_inverted: false,
@@ -96,6 +116,14 @@ mod tests {
             assert_eq!(img.full_size, size, "orientation {o}");
             assert_eq!(img.data, expected, "orientation {o}");
             assert_eq!(img.orientation, 1);
+            // The half-pixel strip of padding on the stored right edge moves with it.
+            let expected_content = match o {
+                1 | 4 => [0.0, 0.0, 2.5, 2.0],
+                2 | 3 => [0.5, 0.0, 3.0, 2.0],
+                5 | 6 => [0.0, 0.0, 2.0, 2.5],
+                _ => [0.0, 0.5, 2.0, 3.0],
+            };
+            assert_eq!(img.content, expected_content, "orientation {o}");
         }
     }
 }

@@ -31,9 +31,10 @@ fn pixel_type(layout: Layout) -> Result<PixelType, PipelineError> {
         Layout::Gray8 => Ok(PixelType::U8),
         Layout::GrayAlpha8 => Ok(PixelType::U8x2),
         Layout::Rgb8 => Ok(PixelType::U8x3),
-        Layout::Rgba8 => Ok(PixelType::U8x4),
+        // CMYK is resized in device space (no alpha); the colour step converts afterwards.
+        Layout::Rgba8 | Layout::Cmyk8 => Ok(PixelType::U8x4),
         other => Err(internal(format!(
-            "resize got {other:?}; the colour step must run first"
+            "resize got {other:?}; 16-bit samples must be narrowed first"
         ))),
     }
 }
@@ -44,17 +45,20 @@ pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> 
     let (rw, rh) = plan.resize;
     let (out_w, out_h) = plan.output();
     let (w, h) = (image.width, image.height);
-    let (sx, sy) = (w as f64 / rw as f64, h as f64 / rh as f64);
-    let (left, top) = plan
-        .crop
-        .map_or((0.0, 0.0), |c| (c.left as f64 * sx, c.top as f64 * sy));
+    let [x0, y0, x1, y1] = image.content;
+    // Buffer pixels per resized pixel; the content rectangle is what `plan.resize` covers.
+    let (sx, sy) = ((x1 - x0) / rw as f64, (y1 - y0) / rh as f64);
+    let (left, top) = plan.crop.map_or((x0, y0), |c| {
+        (x0 + c.left as f64 * sx, y0 + c.top as f64 * sy)
+    });
     let (crop_w, crop_h) = (out_w as f64 * sx, out_h as f64 * sy);
+    let whole = image.content == [0.0, 0.0, w as f64, h as f64];
 
-    if (w, h) == (out_w, out_h) {
+    if whole && (w, h) == (out_w, out_h) {
         return Ok(()); // already the right size (e.g. `1l` on a small source)
     }
     let bpp = image.layout.bytes_per_pixel();
-    if (w, h) == (rw, rh) {
+    if whole && (w, h) == (rw, rh) {
         // Only a crop: copy the rows, no resampling.
         let (l, t) = (left.round() as usize, top.round() as usize);
         let mut out = Vec::with_capacity(out_w as usize * out_h as usize * bpp);
@@ -65,6 +69,7 @@ pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> 
         image.data = out;
         image.width = out_w;
         image.height = out_h;
+        image.content = [0.0, 0.0, out_w as f64, out_h as f64];
         return Ok(());
     }
 
@@ -87,5 +92,6 @@ pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> 
     image.data = dst.into_vec();
     image.width = out_w;
     image.height = out_h;
+    image.content = [0.0, 0.0, out_w as f64, out_h as f64];
     Ok(())
 }
