@@ -8,6 +8,7 @@ pub mod edge;
 pub mod enqueue;
 pub mod geometry;
 pub mod job;
+pub mod logging;
 pub mod pipeline;
 pub mod queue;
 pub mod serve;

@@ -50,19 +50,4 @@ pub async fn lambda_worker_from_env() -> Result<Worker<S3Buckets>, ConfigError> 
     Ok(Worker::new(S3Buckets::new(client), config))
 }
 
-/// JSON log lines on stdout (CloudWatch on Lambda). `RUST_LOG` overrides the level.
-pub fn init_json_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn")
-    });
-    // Already installed (tests, a host that set its own) is fine.
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_target(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .try_init();
-}
+pub use crate::logging::init_json_logs;
