@@ -223,13 +223,7 @@ impl Inner {
     }
 
     fn check_size(&self, body: &str) -> Result<(), QueueError> {
-        if body.len() > self.max_message_bytes {
-            return Err(QueueError::MessageTooLarge {
-                size: body.len(),
-                limit: self.max_message_bytes,
-            });
-        }
-        Ok(())
+        super::check_message_size(body, self.max_message_bytes)
     }
 
     fn new_id(&self) -> String {
@@ -262,20 +256,7 @@ impl Inner {
     }
 
     fn sweep_stale_temps(&self) {
-        let Ok(entries) = fs::read_dir(self.dir("tmp")) else {
-            return;
-        };
-        let now = SystemTime::now();
-        for entry in entries.flatten() {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|m| now.duration_since(m).unwrap_or_default() > STALE_TEMP_AGE)
-                .unwrap_or(false);
-            if stale {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        crate::store::fs::remove_stale_files(&self.dir("tmp"), STALE_TEMP_AGE);
     }
 
     fn names(&self, dir: &str) -> Result<Vec<String>, QueueError> {

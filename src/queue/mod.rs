@@ -116,6 +116,18 @@ impl<T: JobQueue + ?Sized> JobQueue for std::sync::Arc<T> {
 /// SQS's default (and, until 2025, maximum) message size: 256 KiB. Adapters refuse bigger
 /// bodies before sending so the caller gets a clear error rather than an opaque 400.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Refuse a body over `limit` before it is sent, so the caller gets a clear error rather
+/// than an opaque rejection from the queue.
+pub(crate) fn check_message_size(body: &str, limit: usize) -> Result<(), QueueError> {
+    if body.len() > limit {
+        return Err(QueueError::MessageTooLarge {
+            size: body.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// SQS returns at most 10 messages per receive and takes at most 10 entries per batch.
 pub const MAX_BATCH: usize = 10;
 

@@ -111,13 +111,7 @@ impl SqsQueue {
     }
 
     fn check_size(&self, body: &str) -> Result<(), QueueError> {
-        if body.len() > self.max_message_bytes {
-            return Err(QueueError::MessageTooLarge {
-                size: body.len(),
-                limit: self.max_message_bytes,
-            });
-        }
-        Ok(())
+        super::check_message_size(body, self.max_message_bytes)
     }
 
     fn error<E>(
