@@ -53,7 +53,7 @@ impl Layout {
     }
 }
 
-/// One image travelling through load → orient → colour → resize.
+/// One image travelling through load → resize → orient → colour.
 #[derive(Debug, Clone)]
 pub struct ImageState {
     pub width: u32,
@@ -83,5 +83,76 @@ pub fn oriented_size(width: u32, height: u32, orientation: u8) -> (u32, u32) {
         (height, width)
     } else {
         (width, height)
+    }
+}
+
+/// Where the continuous stored point (x, y) of a `w`×`h` stored image is displayed.
+fn displayed_point(x: f64, y: f64, w: f64, h: f64, orientation: u8) -> (f64, f64) {
+    match orientation {
+        2 => (w - x, y),
+        3 => (w - x, h - y),
+        4 => (x, h - y),
+        5 => (y, x),
+        6 => (h - y, x),
+        7 => (h - y, w - x),
+        8 => (y, w - x),
+        _ => (x, y),
+    }
+}
+
+/// Where the continuous displayed point (x, y) of a `w`×`h` *stored* image is stored: the
+/// inverse of [`displayed_point`].
+fn stored_point(x: f64, y: f64, w: f64, h: f64, orientation: u8) -> (f64, f64) {
+    match orientation {
+        2 => (w - x, y),
+        3 => (w - x, h - y),
+        4 => (x, h - y),
+        5 => (y, x),
+        6 => (y, h - x),
+        7 => (w - y, h - x),
+        8 => (w - y, x),
+        _ => (x, y),
+    }
+}
+
+/// A rectangle `[x0, y0, x1, y1]` of a `w`×`h` stored buffer, in displayed coordinates.
+pub fn displayed_rect(rect: [f64; 4], w: u32, h: u32, orientation: u8) -> [f64; 4] {
+    map_rect(rect, w, h, orientation, displayed_point)
+}
+
+/// A displayed rectangle `[x0, y0, x1, y1]` of a `w`×`h` stored buffer, in stored
+/// coordinates.
+pub fn stored_rect(rect: [f64; 4], w: u32, h: u32, orientation: u8) -> [f64; 4] {
+    map_rect(rect, w, h, orientation, stored_point)
+}
+
+fn map_rect(
+    [x0, y0, x1, y1]: [f64; 4],
+    w: u32,
+    h: u32,
+    orientation: u8,
+    map: fn(f64, f64, f64, f64, u8) -> (f64, f64),
+) -> [f64; 4] {
+    let (w, h) = (w as f64, h as f64);
+    let (ax, ay) = map(x0, y0, w, h, orientation);
+    let (bx, by) = map(x1, y1, w, h, orientation);
+    [ax.min(bx), ay.min(by), ax.max(bx), ay.max(by)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_rect_inverts_displayed_rect_for_every_orientation() {
+        let rect = [1.0, 2.0, 7.5, 4.25];
+        for orientation in 1..=8 {
+            let shown = displayed_rect(rect, 10, 6, orientation);
+            assert_eq!(
+                stored_rect(shown, 10, 6, orientation),
+                rect,
+                "orientation {orientation}"
+            );
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! The image pipeline: one step per file, run in a fixed order over one image state.
 //!
-//! load (magic-byte sniffing, header limits, shrink-on-load) → orient (EXIF) → resize
-//! (Lanczos3, crop; 16-bit narrowed first) → colour (ICC/CMYK → 8-bit sRGB) → encode
-//! (mozjpeg, libwebp, png/oxipng).
+//! load (magic-byte sniffing, header limits, shrink-on-load) → resize (Lanczos3, crop;
+//! 16-bit narrowed first; planned in displayed coordinates, sampled in stored ones) →
+//! orient (EXIF) → colour (ICC/CMYK → 8-bit sRGB) → encode (mozjpeg, libwebp, png/oxipng).
 //!
 //! Everything is synchronous and CPU-bound; async callers use `spawn_blocking`. See
 //! docs/pipeline.md for the design and docs/benchmarks.md for the measurements.
@@ -195,14 +195,17 @@ fn prepare_with(
     };
     let (format, mut image) = load::load(source, params, limits, mode)?;
     lap(&mut timings.load);
-    orient::orient(&mut image);
-    lap(&mut timings.orient);
     colour::narrow_16_to_8(&mut image);
     lap(&mut timings.colour);
+    // Planned on the displayed size; the resize samples the stored buffer, so the orient
+    // step after it turns thumbnail pixels rather than the decode.
     let (full_w, full_h) = image.full_size;
-    let plan = geometry::plan(full_w, full_h, params);
+    let (shown_w, shown_h) = image::oriented_size(full_w, full_h, image.orientation);
+    let plan = geometry::plan(shown_w, shown_h, params);
     resize::resize(&mut image, &plan)?;
     lap(&mut timings.resize);
+    orient::orient(&mut image);
+    lap(&mut timings.orient);
     // ICC conversion runs on the thumbnail, not the decode: an 8-bit CMYK transform costs
     // ~35 ns a pixel, 300 ms on an 8 MP photo but 25 ms at 1024 px. libvips' thumbnail
     // does the same (shrink in device space, then import/export); SSIMULACRA2 against a

@@ -10,7 +10,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use crate::geometry::Plan;
 
 use super::PipelineError;
-use super::image::{ImageState, Layout};
+use super::image::{ImageState, Layout, displayed_rect, oriented_size, stored_rect};
 
 /// The resampling filter. Lanczos3 scored best in SSIMULACRA2 against a full-decode
 /// Lanczos reference (docs/benchmarks.md); it costs little more than Catmull-Rom at
@@ -40,25 +40,35 @@ fn pixel_type(layout: Layout) -> Result<PixelType, PipelineError> {
 }
 
 /// Resize (and crop) `image` as `plan` says. `plan` is in full-size, displayed
-/// coordinates; `image` may be a reduced decode of that, already oriented.
+/// coordinates; `image` may be a reduced decode of that, still in stored orientation: the
+/// crop is mapped back to the stored buffer and the output keeps the stored orientation,
+/// for the orient step to turn afterwards.
 pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> {
+    let orientation = image.orientation;
     let (rw, rh) = plan.resize;
     let (out_w, out_h) = plan.output();
     let (w, h) = (image.width, image.height);
-    let [x0, y0, x1, y1] = image.content;
+    let (shown_w, shown_h) = oriented_size(w, h, orientation);
+    let [x0, y0, x1, y1] = displayed_rect(image.content, w, h, orientation);
     // Buffer pixels per resized pixel; the content rectangle is what `plan.resize` covers.
     let (sx, sy) = ((x1 - x0) / rw as f64, (y1 - y0) / rh as f64);
     let (left, top) = plan.crop.map_or((x0, y0), |c| {
         (x0 + c.left as f64 * sx, y0 + c.top as f64 * sy)
     });
-    let (crop_w, crop_h) = (out_w as f64 * sx, out_h as f64 * sy);
+    let (crop_w, crop_h) = (
+        (out_w as f64 * sx).min(shown_w as f64 - left),
+        (out_h as f64 * sy).min(shown_h as f64 - top),
+    );
+    let [left, top, right, bottom] =
+        stored_rect([left, top, left + crop_w, top + crop_h], w, h, orientation);
+    let (out_w, out_h) = oriented_size(out_w, out_h, orientation);
     let whole = image.content == [0.0, 0.0, w as f64, h as f64];
 
     if whole && (w, h) == (out_w, out_h) {
         return Ok(()); // already the right size (e.g. `1l` on a small source)
     }
     let bpp = image.layout.bytes_per_pixel();
-    if whole && (w, h) == (rw, rh) {
+    if whole && (shown_w, shown_h) == (rw, rh) {
         // Only a crop: copy the rows, no resampling.
         let (l, t) = (left.round() as usize, top.round() as usize);
         let mut out = Vec::with_capacity(out_w as usize * out_h as usize * bpp);
@@ -79,12 +89,7 @@ pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> 
     let mut dst = fast_image_resize::images::Image::new(out_w, out_h, pixel_type);
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FILTER))
-        .crop(
-            left,
-            top,
-            crop_w.min(w as f64 - left),
-            crop_h.min(h as f64 - top),
-        )
+        .crop(left, top, right - left, bottom - top)
         .use_alpha(image.layout.has_alpha());
     Resizer::new()
         .resize(&src, &mut dst, &options)
@@ -94,4 +99,81 @@ pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> 
     image.height = out_h;
     image.content = [0.0, 0.0, out_w as f64, out_h as f64];
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry;
+    use crate::pipeline::orient::orient;
+    use crate::variant::Params;
+
+    /// An RGB pattern that differs along both axes and has detail a thumbnail keeps
+    /// (periods of ~20 px), so a wrong flip, transpose or sub-pixel shift shows.
+    fn pattern(width: u32, height: u32, orientation: u8) -> ImageState {
+        let mut data = Vec::with_capacity((width * height * 3) as usize);
+        for y in 0..height {
+            for x in 0..width {
+                let (fx, fy) = (x as f64 / width as f64, y as f64 / height as f64);
+                data.push((255.0 * fx) as u8);
+                data.push((255.0 * fy) as u8);
+                data.push((127.0 + 120.0 * (x as f64 / 3.0).sin() * (y as f64 / 3.5).cos()) as u8);
+            }
+        }
+        ImageState {
+            width,
+            height,
+            layout: Layout::Rgb8,
+            data,
+            full_size: (width * 4, height * 4),
+            // A reduced decode padded by a fraction of a pixel on the stored right/bottom.
+            content: [0.0, 0.0, width as f64 - 0.625, height as f64 - 0.875],
+            orientation,
+            icc: None,
+            cmyk_inverted: false,
+        }
+    }
+
+    /// Resizing in stored orientation and turning the thumbnail afterwards must give the
+    /// picture of turning the decode first: same size, same pixels up to rounding.
+    #[test]
+    fn resize_then_orient_matches_orient_then_resize() {
+        for params in ["60w_40h_1e_1c", "50w", "70w_70h", "30h_2e"] {
+            let params: Params = params.parse().expect("params");
+            for orientation in 1..=8 {
+                let source = pattern(203, 131, orientation);
+                let (fw, fh) = source.full_size;
+                let (shown_w, shown_h) = oriented_size(fw, fh, orientation);
+                let plan = geometry::plan(shown_w, shown_h, &params);
+
+                let mut turned_first = source.clone();
+                orient(&mut turned_first);
+                resize(&mut turned_first, &plan).expect("resize");
+
+                let mut turned_last = source;
+                resize(&mut turned_last, &plan).expect("resize");
+                orient(&mut turned_last);
+
+                let what = format!("{params:?} orientation {orientation}");
+                assert_eq!(
+                    (turned_last.width, turned_last.height),
+                    plan.output(),
+                    "{what}"
+                );
+                assert_eq!(
+                    (turned_first.width, turned_first.height),
+                    plan.output(),
+                    "{what}"
+                );
+                let worst = turned_first
+                    .data
+                    .iter()
+                    .zip(&turned_last.data)
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap_or(0);
+                assert!(worst <= 2, "{what}: pixels differ by up to {worst}");
+            }
+        }
+    }
 }
