@@ -26,4 +26,8 @@ python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.arg
   "$ROOT/target/lambda/edge.zip" "$bundle"
 
 cd "$ROOT"
-EDGETHUMB_EDGE_BUNDLE="$bundle" cargo test --test edge_node -- --include-ignored
+# --workspace, like scripts/test.sh's cargo test: cargo unifies dependency features over the
+# selected packages, and without it (root package only: serde without `rc`, tracing without
+# `log`, ...) most dependencies would be rebuilt, minutes on a cold target/. With it, the test
+# binary from that run is reused as is.
+EDGETHUMB_EDGE_BUNDLE="$bundle" cargo test --workspace --test edge_node -- --include-ignored
