@@ -16,8 +16,12 @@
 #                     scripts/check_deploy.py) and pytest deploy/tests, with their own pinned
 #                     tools in .venv-deploy (scripts/validate_deploy.sh).
 #
-# Adding a step: write a function and add it to main() below (keep steps independent, so a
-# failing step names itself). Nothing is installed outside the repository.
+# Each step's wall time is logged as it ends, and all of them in a summary on exit (also when
+# a step fails). With CI=true, CARGO_INCREMENTAL defaults to 0: a cold CI build compiles each
+# workspace crate once, so incremental state is pure overhead there.
+#
+# Adding a step: write a function and add `step NAME function` to main() below (keep steps
+# independent, so a failing step names itself). Nothing is installed outside the repository.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +34,34 @@ MOTO_PID=""
 
 log() { echo "test.sh: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# Step timing: `step NAME command...` runs the command (set -e still applies inside it) and
+# records its wall time; on_exit prints the table, naming a step that did not finish.
+STEP_NAME=""
+STEP_START=0
+STEP_TIMES=""
+step() {
+  STEP_NAME=$1 STEP_START=$SECONDS
+  shift
+  log "step $STEP_NAME"
+  "$@"
+  log "step $STEP_NAME done in $((SECONDS - STEP_START)) s"
+  STEP_TIMES+="$(printf '  %-18s %6d s' "$STEP_NAME" $((SECONDS - STEP_START)))"$'\n'
+  STEP_NAME=""
+}
+
+on_exit() {
+  local rc=$?
+  stop_moto
+  if [ -n "$STEP_NAME" ]; then
+    STEP_TIMES+="$(printf '  %-18s %6d s  (did not finish, exit %d)' "$STEP_NAME" $((SECONDS - STEP_START)) "$rc")"$'\n'
+  fi
+  if [ -n "$STEP_TIMES" ]; then
+    log "step wall times (total $SECONDS s):"
+    printf '%s' "$STEP_TIMES" >&2
+  fi
+  exit "$rc"
+}
 
 setup_venv() {
   local python="${PYTHON:-python3}" stamp="$VENV/.edgethumb-test-stamp" want start
@@ -167,16 +199,20 @@ setup_system_packages() {
 
 main() {
   cd "$ROOT"
-  trap stop_moto EXIT
+  trap on_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
-  setup_system_packages
-  setup_venv
-  start_moto
-  setup_browser
-  run_cargo_tests "$@"
-  run_edge_e2e
-  validate_deploy
+  if [ "${CI:-}" = true ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
+    export CARGO_INCREMENTAL=0
+    log "CI=true: CARGO_INCREMENTAL=0 (cold build, nothing to reuse)"
+  fi
+  step system-packages setup_system_packages
+  step venv setup_venv
+  step moto start_moto
+  step browser setup_browser
+  step cargo-test run_cargo_tests "$@"
+  step edge-e2e run_edge_e2e
+  step deploy validate_deploy
 }
 
 main "$@"
