@@ -11,7 +11,8 @@
 #                     credentials exported; extra arguments are passed through.
 # 4. run_edge_e2e     scripts/test_edge.sh: package edge.zip (zig, glibc 2.17), load it in
 #                     real node against moto (tests/edge_node.rs); EDGETHUMB_SKIP_EDGE_E2E=1
-#                     skips it, loudly.
+#                     skips it, loudly. The zig build itself starts in the background right
+#                     after step 1, at nice 10 (start_edge_prebuild), so it overlaps steps 2-3.
 # 5. validate_deploy  offline checks of deploy/template.yaml (cfn-lint, sam validate --lint,
 #                     scripts/check_deploy.py) and pytest deploy/tests, with their own pinned
 #                     tools in .venv-deploy (scripts/validate_deploy.sh).
@@ -52,6 +53,7 @@ step() {
 
 on_exit() {
   local rc=$?
+  stop_edge_prebuild
   stop_moto
   if [ -n "$STEP_NAME" ]; then
     STEP_TIMES+="$(printf '  %-18s %6d s  (did not finish, exit %d)' "$STEP_NAME" $((SECONDS - STEP_START)) "$rc")"$'\n'
@@ -147,10 +149,56 @@ run_cargo_tests() {
   )
 }
 
+# ---- edge bundle prebuild (overlaps the zig release build with the test build and run) ----
+# package.sh's zig release build (minutes on a cold target/) needs nothing from the test build,
+# and it uses other lock directories (target/release, target/x86_64-unknown-linux-gnu) than
+# cargo test (target/debug). Started in the background at low priority before cargo test, it
+# takes the CPU time that rustc's serial stretches and the test run (waiting on moto, node,
+# Chromium) leave idle. run_edge_e2e waits for it; scripts/test_edge.sh then runs package.sh
+# again, which finds the build fresh, and reports a build error itself if there was one.
+# EDGETHUMB_EDGE_PREBUILD=0 turns this off (package.sh then runs only in run_edge_e2e).
+PREBUILD_PID=""
+PREBUILD_LOG="$ROOT/.cache/package-prebuild.log"
+
+start_edge_prebuild() {
+  [ "${EDGETHUMB_SKIP_EDGE_E2E:-0}" = 1 ] && return 0
+  [ "${EDGETHUMB_EDGE_PREBUILD:-1}" = 0 ] && { log "EDGETHUMB_EDGE_PREBUILD=0: no prebuild"; return 0; }
+  mkdir -p "$(dirname "$PREBUILD_LOG")"
+  # Its own process group (set -m), so on_exit can stop cargo and rustc with it. Not setsid:
+  # a new session is a new scheduler autogroup, in which nice 10 would no longer yield to
+  # the test build (or to anything else running on the machine).
+  set -m
+  EDGETHUMB_PACKAGE_ONLY=edge nice -n 10 bash "$ROOT/scripts/package.sh" \
+    </dev/null >"$PREBUILD_LOG" 2>&1 &
+  PREBUILD_PID=$!
+  set +m
+  log "edge bundle prebuild started in the background (nice 10; log: $PREBUILD_LOG)"
+}
+
+wait_edge_prebuild() {
+  [ -n "$PREBUILD_PID" ] || return 0
+  local rc=0 start=$SECONDS
+  wait "$PREBUILD_PID" || rc=$?
+  PREBUILD_PID=""
+  if [ "$rc" = 0 ]; then
+    log "edge bundle prebuild done (waited $((SECONDS - start)) s for it)"
+  else
+    log "edge bundle prebuild failed (exit $rc, log: $PREBUILD_LOG); package.sh runs again below"
+  fi
+}
+
+stop_edge_prebuild() {
+  [ -n "$PREBUILD_PID" ] || return 0
+  kill -TERM -- "-$PREBUILD_PID" 2>/dev/null || kill -TERM "$PREBUILD_PID" 2>/dev/null || true
+  wait "$PREBUILD_PID" 2>/dev/null || true
+  PREBUILD_PID=""
+}
+
 # ---- edge bundle end to end (owner: edge packaging; see docs/edge.md) ----
 # Packages edge.zip with zig (minutes on a cold target/), then real node loads it against
 # moto. EDGETHUMB_SKIP_EDGE_E2E=1 skips it loudly.
 run_edge_e2e() {
+  wait_edge_prebuild
   bash "$ROOT/scripts/test_edge.sh"
 }
 
@@ -208,6 +256,7 @@ main() {
   fi
   step system-packages setup_system_packages
   step venv setup_venv
+  step edge-prebuild start_edge_prebuild
   step moto start_moto
   step browser setup_browser
   step cargo-test run_cargo_tests "$@"
