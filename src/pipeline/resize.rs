@@ -39,17 +39,27 @@ fn pixel_type(layout: Layout) -> Result<PixelType, PipelineError> {
     }
 }
 
-/// Resize (and crop) `image` as `plan` says. `plan` is in full-size, displayed
-/// coordinates; `image` may be a reduced decode of that, still in stored orientation: the
-/// crop is mapped back to the stored buffer and the output keeps the stored orientation,
-/// for the orient step to turn afterwards.
-pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> {
-    let orientation = image.orientation;
+/// Where the output's samples come from: `rect` (`[x0, y0, x1, y1]`) of the stored buffer
+/// resampled to `out` pixels, both in stored orientation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub rect: [f64; 4],
+    pub out: (u32, u32),
+}
+
+/// Map `plan` (full-size, displayed coordinates) onto a `width`×`height` stored buffer whose
+/// `content` rectangle shows the whole source and which still needs EXIF `orientation`.
+pub fn sampling(
+    width: u32,
+    height: u32,
+    content: [f64; 4],
+    orientation: u8,
+    plan: &Plan,
+) -> Sampling {
     let (rw, rh) = plan.resize;
     let (out_w, out_h) = plan.output();
-    let (w, h) = (image.width, image.height);
-    let (shown_w, shown_h) = oriented_size(w, h, orientation);
-    let [x0, y0, x1, y1] = displayed_rect(image.content, w, h, orientation);
+    let (shown_w, shown_h) = oriented_size(width, height, orientation);
+    let [x0, y0, x1, y1] = displayed_rect(content, width, height, orientation);
     // Buffer pixels per resized pixel; the content rectangle is what `plan.resize` covers.
     let (sx, sy) = ((x1 - x0) / rw as f64, (y1 - y0) / rh as f64);
     let (left, top) = plan.crop.map_or((x0, y0), |c| {
@@ -59,18 +69,46 @@ pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> 
         (out_w as f64 * sx).min(shown_w as f64 - left),
         (out_h as f64 * sy).min(shown_h as f64 - top),
     );
-    let [left, top, right, bottom] =
-        stored_rect([left, top, left + crop_w, top + crop_h], w, h, orientation);
-    let (out_w, out_h) = oriented_size(out_w, out_h, orientation);
-    let whole = image.content == [0.0, 0.0, w as f64, h as f64];
-
-    if whole && (w, h) == (out_w, out_h) {
-        return Ok(()); // already the right size (e.g. `1l` on a small source)
+    let rect = stored_rect(
+        [left, top, left + crop_w, top + crop_h],
+        width,
+        height,
+        orientation,
+    );
+    Sampling {
+        // Whole-pixel crops come out of the float maths with noise in the last bits;
+        // snapping keeps them on the copy-only path instead of resampling by ~1.0.
+        rect: rect.map(snap),
+        out: oriented_size(out_w, out_h, orientation),
     }
-    let bpp = image.layout.bytes_per_pixel();
-    if whole && (shown_w, shown_h) == (rw, rh) {
+}
+
+fn snap(v: f64) -> f64 {
+    if (v - v.round()).abs() < 1e-6 {
+        v.round()
+    } else {
+        v
+    }
+}
+
+/// Resize (and crop) `image` as `plan` says. `plan` is in full-size, displayed
+/// coordinates; `image` may be a reduced decode of that, still in stored orientation: the
+/// crop is mapped back to the stored buffer and the output keeps the stored orientation,
+/// for the orient step to turn afterwards.
+pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> {
+    let (w, h) = (image.width, image.height);
+    let Sampling {
+        rect: [left, top, right, bottom],
+        out: (out_w, out_h),
+    } = sampling(w, h, image.content, image.orientation, plan);
+    let whole_pixels = [left, top, right, bottom].iter().all(|v| v.fract() == 0.0);
+    if whole_pixels && (right - left, bottom - top) == (out_w as f64, out_h as f64) {
+        if (left, top, out_w, out_h) == (0.0, 0.0, w, h) {
+            return Ok(()); // already the right size (e.g. `1l` on a small source)
+        }
         // Only a crop: copy the rows, no resampling.
-        let (l, t) = (left.round() as usize, top.round() as usize);
+        let bpp = image.layout.bytes_per_pixel();
+        let (l, t) = (left as usize, top as usize);
         let mut out = Vec::with_capacity(out_w as usize * out_h as usize * bpp);
         for y in t..t + out_h as usize {
             let row = &image.data[(y * w as usize + l) * bpp..];
