@@ -111,27 +111,43 @@ pub enum Decode {
     Full,
 }
 
+/// How far loading took the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Decoded (possibly reduced); the resize step runs next.
+    Decoded,
+    /// Decoded and resized as the rows came (`resize_rows`): the resize step is done.
+    Resized,
+}
+
 /// Decode `data`; the result's size is the full size or a reduced one (never below
-/// [`shrink_floor`]).
+/// [`shrink_floor`]), or, for JPEG, already the planned output size ([`Stage::Resized`]).
 pub fn load(
     data: &[u8],
     params: &Params,
     limits: &Limits,
     mode: Decode,
-) -> Result<(SourceFormat, ImageState), PipelineError> {
+) -> Result<(SourceFormat, ImageState, Stage), PipelineError> {
     check_bytes(data, limits)?;
     let format = sniff(data)?;
     let floor = |w: u32, h: u32, orientation: u8| match mode {
         Decode::Shrink => Some(shrink_floor(w, h, orientation, params)),
         Decode::Full => None,
     };
-    let image = match format {
-        SourceFormat::Jpeg => load_jpeg::load(data, limits, |hdr| {
-            floor(hdr.width, hdr.height, hdr.orientation)
-        })?,
-        SourceFormat::Png => load_png::load(data, limits)?,
-        SourceFormat::Webp => load_webp::load(data, limits, floor)?,
-        SourceFormat::Gif => load_gif::load(data, limits)?,
+    let decoded = |image| (image, Stage::Decoded);
+    let (image, stage) = match format {
+        SourceFormat::Jpeg => load_jpeg::load(
+            data,
+            limits,
+            |hdr| floor(hdr.width, hdr.height, hdr.orientation),
+            |hdr| {
+                let (w, h) = oriented_size(hdr.width, hdr.height, hdr.orientation);
+                geometry::plan(w, h, params)
+            },
+        )?,
+        SourceFormat::Png => decoded(load_png::load(data, limits)?),
+        SourceFormat::Webp => decoded(load_webp::load(data, limits, floor)?),
+        SourceFormat::Gif => decoded(load_gif::load(data, limits)?),
     };
-    Ok((format, image))
+    Ok((format, image, stage))
 }

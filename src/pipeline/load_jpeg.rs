@@ -12,8 +12,10 @@ use std::os::raw::{c_long, c_ulong};
 use mozjpeg_sys as ffi;
 
 use super::image::{ImageState, Layout};
-use super::libjpeg;
-use super::{Limits, PipelineError, exif};
+use super::load::Stage;
+use super::resize_rows::RowResizer;
+use super::{Limits, PipelineError, exif, libjpeg, resize};
+use crate::geometry::Plan;
 
 const FORMAT: &str = "JPEG";
 
@@ -159,24 +161,51 @@ pub fn choose_scale_denom(width: u32, height: u32, floor: (u32, u32)) -> u32 {
 ///
 /// `floor`: the smallest stored-orientation size the caller can use; `None` decodes at
 /// full size (reference renders).
+///
+/// `plan`: the resize to run on the rows as they are decoded (see `resize_rows`), so the
+/// decode never exists as a whole; the result is then [`Stage::Resized`].
 pub fn load(
     data: &[u8],
     limits: &Limits,
     floor: impl FnOnce(&JpegHeader) -> Option<(u32, u32)>,
-) -> Result<ImageState, PipelineError> {
+    plan: impl FnOnce(&JpegHeader) -> Plan,
+) -> Result<(ImageState, Stage), PipelineError> {
     let header = read_header(data)?;
     super::load::check_pixels(header.width, header.height, limits)?;
     let scale_denom = match floor(&header) {
         Some(floor) => choose_scale_denom(header.width, header.height, floor),
         None => 1,
     };
+    let plan = plan(&header);
     // The one place the compressed bytes go to libjpeg once the scale is known. A reduced
     // decode needs only some of a progressive file's scans: jpeg_scans drops the others.
     let input: Cow<'_, [u8]> = match super::jpeg_scans::strip_unneeded_scans(data, scale_denom) {
         Some(stripped) => Cow::Owned(stripped),
         None => Cow::Borrowed(data),
     };
-    decode(&input, scale_denom, &header, limits)
+    decode(&input, scale_denom, &header, limits, &plan)
+}
+
+/// Scanlines asked of libjpeg per call (it returns at most one iMCU row's worth anyway).
+const ROWS_PER_READ: usize = 16;
+
+/// Decode the next scanlines into `buffer` (whole rows of `row_bytes`); returns how many.
+fn read_rows(
+    cinfo: &mut ffi::jpeg_decompress_struct,
+    buffer: &mut [u8],
+    row_bytes: usize,
+) -> Result<usize, PipelineError> {
+    let mut rows: [*mut u8; ROWS_PER_READ] = [std::ptr::null_mut(); ROWS_PER_READ];
+    let n = (buffer.len() / row_bytes).min(ROWS_PER_READ);
+    for (i, row) in rows.iter_mut().take(n).enumerate() {
+        *row = buffer[i * row_bytes..].as_mut_ptr();
+    }
+    // SAFETY: `rows` holds n pointers to whole rows of row_bytes inside `buffer`.
+    let read = unsafe { ffi::jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), n as u32) };
+    if read == 0 {
+        return Err(corrupt("decoder made no progress"));
+    }
+    Ok(read as usize)
 }
 
 /// Owns a libjpeg decompressor; destroys it on every exit path, unwinding included.
@@ -196,7 +225,8 @@ fn decode(
     scale_denom: u32,
     header: &JpegHeader,
     limits: &Limits,
-) -> Result<ImageState, PipelineError> {
+    plan: &Plan,
+) -> Result<(ImageState, Stage), PipelineError> {
     // Progressive files keep every DCT coefficient of the full image (2 bytes each); the
     // pixel limit bounds that, and libjpeg refuses to exceed this budget.
     let memory_budget = limits
@@ -204,7 +234,7 @@ fn decode(
         .saturating_mul(8)
         .saturating_add(64 << 20)
         .min(c_long::MAX as u64) as c_long;
-    let result = libjpeg::catch(|| -> Result<ImageState, PipelineError> {
+    let result = libjpeg::catch(|| -> Result<(ImageState, Stage), PipelineError> {
         // Declared before the decompressor so they outlive it (locals drop in reverse).
         let mut err = libjpeg::error_mgr();
         let mut progress = libjpeg::scan_limiter();
@@ -249,43 +279,48 @@ fn decode(
         if channels != layout.channels() {
             return Err(corrupt("unexpected component count"));
         }
+        let content = [
+            0.0,
+            0.0,
+            header.width as f64 / scale_denom as f64,
+            header.height as f64 / scale_denom as f64,
+        ];
+        let state = |width, height, data, content| ImageState {
+            width,
+            height,
+            layout,
+            data,
+            full_size: (header.width, header.height),
+            content,
+            orientation: header.orientation,
+            icc: header.icc.clone(),
+            cmyk_inverted: layout == Layout::Cmyk8 && header.adobe,
+        };
+        let sampling = resize::sampling(w, h, content, header.orientation, plan);
+        if let Some(mut rows) = RowResizer::new(w, h, layout, &sampling) {
+            let row_bytes = rows.row_bytes();
+            while cinfo.output_scanline < h {
+                let buffer = rows.rows_mut(ROWS_PER_READ);
+                let read = read_rows(cinfo, buffer, row_bytes)?;
+                rows.commit(read)?;
+            }
+            let (data, out_w, out_h) = rows.finish()?;
+            let whole = [0.0, 0.0, out_w as f64, out_h as f64];
+            return Ok((state(out_w, out_h, data, whole), Stage::Resized));
+        }
         let row_bytes = w as usize * channels;
         let mut data = Vec::new();
         data.try_reserve_exact(row_bytes * h as usize)
             .map_err(|_| corrupt("cannot allocate the decode buffer"))?;
         data.resize(row_bytes * h as usize, 0);
         while cinfo.output_scanline < h {
-            let first = cinfo.output_scanline as usize;
-            let mut rows: [*mut u8; 16] = [std::ptr::null_mut(); 16];
-            let n = (h as usize - first).min(rows.len());
-            for (i, row) in rows.iter_mut().take(n).enumerate() {
-                // SAFETY: first + i < h, so the row lies inside `data`.
-                *row = unsafe { data.as_mut_ptr().add((first + i) * row_bytes) };
-            }
-            // SAFETY: `rows` holds n valid row pointers of row_bytes each.
-            let read = unsafe { ffi::jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), n as u32) };
-            if read == 0 {
-                return Err(corrupt("decoder made no progress"));
-            }
+            let first = cinfo.output_scanline as usize * row_bytes;
+            let end = (first + ROWS_PER_READ * row_bytes).min(data.len());
+            read_rows(cinfo, &mut data[first..end], row_bytes)?;
         }
         // No jpeg_finish_decompress: all pixels are in, and a missing EOI after complete
         // image data is common in real uploads; damaged scan data has already failed above.
-        Ok(ImageState {
-            width: w,
-            height: h,
-            layout,
-            data,
-            full_size: (header.width, header.height),
-            content: [
-                0.0,
-                0.0,
-                header.width as f64 / scale_denom as f64,
-                header.height as f64 / scale_denom as f64,
-            ],
-            orientation: header.orientation,
-            icc: header.icc.clone(),
-            cmyk_inverted: layout == Layout::Cmyk8 && header.adobe,
-        })
+        Ok((state(w, h, data, content), Stage::Decoded))
     });
     match result {
         Ok(inner) => inner,

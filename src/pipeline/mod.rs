@@ -24,6 +24,7 @@ mod load_png;
 mod load_webp;
 mod orient;
 mod resize;
+mod resize_rows;
 
 use std::time::{Duration, Instant};
 
@@ -193,17 +194,19 @@ fn prepare_with(
         *slot = now - clock;
         clock = now;
     };
-    let (format, mut image) = load::load(source, params, limits, mode)?;
+    let (format, mut image, stage) = load::load(source, params, limits, mode)?;
     lap(&mut timings.load);
-    colour::narrow_16_to_8(&mut image);
-    lap(&mut timings.colour);
-    // Planned on the displayed size; the resize samples the stored buffer, so the orient
-    // step after it turns thumbnail pixels rather than the decode.
-    let (full_w, full_h) = image.full_size;
-    let (shown_w, shown_h) = image::oriented_size(full_w, full_h, image.orientation);
-    let plan = geometry::plan(shown_w, shown_h, params);
-    resize::resize(&mut image, &plan)?;
-    lap(&mut timings.resize);
+    if stage == load::Stage::Decoded {
+        colour::narrow_16_to_8(&mut image);
+        lap(&mut timings.colour);
+        // Planned on the displayed size; the resize samples the stored buffer, so the
+        // orient step after it turns thumbnail pixels rather than the decode.
+        let (full_w, full_h) = image.full_size;
+        let (shown_w, shown_h) = image::oriented_size(full_w, full_h, image.orientation);
+        let plan = geometry::plan(shown_w, shown_h, params);
+        resize::resize(&mut image, &plan)?;
+        lap(&mut timings.resize);
+    }
     orient::orient(&mut image);
     lap(&mut timings.orient);
     // ICC conversion runs on the thumbnail, not the decode: an 8-bit CMYK transform costs

@@ -16,17 +16,19 @@ use super::image::{ImageState, Layout, displayed_rect, oriented_size, stored_rec
 /// Lanczos reference (docs/benchmarks.md); it costs little more than Catmull-Rom at
 /// thumbnail sizes because shrink-on-load already did the bulk of the reduction.
 pub const FILTER: FilterType = FilterType::Lanczos3;
+/// [`FILTER`]'s radius in output pixels (fast_image_resize's support for Lanczos3).
+pub const FILTER_SUPPORT: f64 = 3.0;
 
 /// Only reachable through a bug (a buffer that does not match its size); reported like an
 /// undecodable source so one bad image cannot take the service down.
-fn internal(reason: String) -> PipelineError {
+pub(super) fn internal(reason: String) -> PipelineError {
     PipelineError::Corrupt {
         format: "image",
         reason: format!("internal: {reason}"),
     }
 }
 
-fn pixel_type(layout: Layout) -> Result<PixelType, PipelineError> {
+pub(super) fn pixel_type(layout: Layout) -> Result<PixelType, PipelineError> {
     match layout {
         Layout::Gray8 => Ok(PixelType::U8),
         Layout::GrayAlpha8 => Ok(PixelType::U8x2),
