@@ -3,6 +3,8 @@
 //! load (magic-byte sniffing, header limits, shrink-on-load) → resize (Lanczos3, crop;
 //! 16-bit narrowed first; planned in displayed coordinates, sampled in stored ones) →
 //! orient (EXIF) → colour (ICC/CMYK → 8-bit sRGB) → encode (mozjpeg, libwebp, png/oxipng).
+//! JPEG rows are resized as they are decoded (`resize_rows`), so for JPEG the load step
+//! hands over the resized image.
 //!
 //! Everything is synchronous and CPU-bound; async callers use `spawn_blocking`. See
 //! docs/pipeline.md for the design and docs/benchmarks.md for the measurements.
