@@ -121,7 +121,8 @@ pub enum Stage {
 }
 
 /// Decode `data`; the result's size is the full size or a reduced one (never below
-/// [`shrink_floor`]), or, for JPEG, already the planned output size ([`Stage::Resized`]).
+/// [`shrink_floor`]), or, for JPEG and 8-bit PNG, already the planned output size
+/// ([`Stage::Resized`]).
 pub fn load(
     data: &[u8],
     params: &Params,
@@ -135,17 +136,19 @@ pub fn load(
         Decode::Full => None,
     };
     let decoded = |image| (image, Stage::Decoded);
+    // The resize plan for a source stored as `w`×`h` with EXIF `orientation`.
+    let plan = |w: u32, h: u32, orientation: u8| {
+        let (shown_w, shown_h) = oriented_size(w, h, orientation);
+        geometry::plan(shown_w, shown_h, params)
+    };
     let (image, stage) = match format {
         SourceFormat::Jpeg => load_jpeg::load(
             data,
             limits,
             |hdr| floor(hdr.width, hdr.height, hdr.orientation),
-            |hdr| {
-                let (w, h) = oriented_size(hdr.width, hdr.height, hdr.orientation);
-                geometry::plan(w, h, params)
-            },
+            |hdr| plan(hdr.width, hdr.height, hdr.orientation),
         )?,
-        SourceFormat::Png => decoded(load_png::load(data, limits)?),
+        SourceFormat::Png => load_png::load(data, limits, plan)?,
         SourceFormat::Webp => decoded(load_webp::load(data, limits, floor)?),
         SourceFormat::Gif => decoded(load_gif::load(data, limits)?),
     };

@@ -1,14 +1,17 @@
 //! PNG loading (8/16-bit, palette, gray, alpha, interlaced; APNG gives its default image).
 //!
-//! PNG has no reduced-resolution decode, so the full image is decoded; the header is
-//! checked against the pixel limit before the buffer is allocated, which is what defeats
-//! decompression bombs (a tiny file claiming 100000×100000).
+//! PNG has no reduced-resolution decode, so every row is decoded; 8-bit non-interlaced
+//! rows go straight into the streaming resize, others into a whole-image buffer. The
+//! header is checked against the pixel limit before anything is allocated, which is what
+//! defeats decompression bombs (a tiny file claiming 100000×100000).
 
 use std::io::Cursor;
 
 use super::image::{ImageState, Layout};
-use super::load::check_pixels;
-use super::{Limits, PipelineError, exif};
+use super::load::{Stage, check_pixels};
+use super::resize_rows::RowResizer;
+use super::{Limits, PipelineError, exif, resize};
+use crate::geometry::Plan;
 
 const FORMAT: &str = "PNG";
 
@@ -23,7 +26,13 @@ fn corrupt(err: impl std::fmt::Display) -> PipelineError {
     }
 }
 
-pub fn load(data: &[u8], limits: &Limits) -> Result<ImageState, PipelineError> {
+/// Decode `data`. `plan` is the resize to run on the rows as they are decoded (8-bit,
+/// non-interlaced images: see `resize_rows`); the result is then [`Stage::Resized`].
+pub fn load(
+    data: &[u8],
+    limits: &Limits,
+    plan: impl FnOnce(u32, u32, u8) -> Plan,
+) -> Result<(ImageState, Stage), PipelineError> {
     let mut decoder = png::Decoder::new_with_limits(
         Cursor::new(data),
         png::Limits {
@@ -63,21 +72,41 @@ pub fn load(data: &[u8], limits: &Limits) -> Result<ImageState, PipelineError> {
     if size != expected {
         return Err(corrupt("unexpected output buffer size"));
     }
+    let interlaced = info.interlaced;
+    let whole = |w, h| [0.0, 0.0, w as f64, h as f64];
+    let state = |w, h, data| ImageState {
+        width: w,
+        height: h,
+        layout,
+        data,
+        full_size: (width, height),
+        content: whole(w, h),
+        orientation,
+        icc,
+        cmyk_inverted: false,
+    };
+    let plan = plan(width, height, orientation);
+    let sampling = resize::sampling(width, height, whole(width, height), orientation, &plan);
+    // Adam7 delivers rows out of order, so interlaced files decode whole.
+    if let Some(mut rows) = (!interlaced)
+        .then(|| RowResizer::new(width, height, layout, &sampling))
+        .flatten()
+    {
+        for _ in 0..height {
+            let row = rows.rows_mut(1);
+            if reader.read_row(row).map_err(corrupt)?.is_none() {
+                return Err(corrupt("image data ended early"));
+            }
+            rows.commit(1)?;
+        }
+        let (data, out_w, out_h) = rows.finish()?;
+        return Ok((state(out_w, out_h, data), Stage::Resized));
+    }
     let mut pixels = Vec::new();
     pixels
         .try_reserve_exact(size)
         .map_err(|_| corrupt("cannot allocate the decode buffer"))?;
     pixels.resize(size, 0);
     reader.next_frame(&mut pixels).map_err(corrupt)?;
-    Ok(ImageState {
-        width,
-        height,
-        layout,
-        data: pixels,
-        full_size: (width, height),
-        content: [0.0, 0.0, width as f64, height as f64],
-        orientation,
-        icc,
-        cmyk_inverted: false,
-    })
+    Ok((state(width, height, pixels), Stage::Decoded))
 }
