@@ -93,8 +93,7 @@ pub fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), Pipe
 /// The smallest decoded size (stored orientation) shrink-on-load may produce for a source
 /// of `width`×`height` stored with EXIF `orientation`.
 pub fn shrink_floor(width: u32, height: u32, orientation: u8, params: &Params) -> (u32, u32) {
-    let (ow, oh) = oriented_size(width, height, orientation);
-    let plan = geometry::plan(ow, oh, params);
+    let plan = resize_plan(width, height, orientation, params);
     let need = |side: u32| (side as f64 * SHRINK_MARGIN).ceil() as u32;
     let (fw, fh) = (need(plan.resize.0), need(plan.resize.1));
     // Back to stored orientation.
@@ -109,6 +108,13 @@ pub enum Decode {
     Shrink,
     /// Full-resolution decode (the quality reference).
     Full,
+}
+
+/// The resize plan (displayed coordinates) for a source stored as `width`×`height` with
+/// EXIF `orientation`.
+pub fn resize_plan(width: u32, height: u32, orientation: u8, params: &Params) -> geometry::Plan {
+    let (shown_w, shown_h) = oriented_size(width, height, orientation);
+    geometry::plan(shown_w, shown_h, params)
 }
 
 /// How far loading took the image.
@@ -136,11 +142,7 @@ pub fn load(
         Decode::Full => None,
     };
     let decoded = |image| (image, Stage::Decoded);
-    // The resize plan for a source stored as `w`×`h` with EXIF `orientation`.
-    let plan = |w: u32, h: u32, orientation: u8| {
-        let (shown_w, shown_h) = oriented_size(w, h, orientation);
-        geometry::plan(shown_w, shown_h, params)
-    };
+    let plan = |w, h, orientation| resize_plan(w, h, orientation, params);
     let (image, stage) = match format {
         SourceFormat::Jpeg => load_jpeg::load(
             data,

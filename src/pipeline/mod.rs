@@ -3,8 +3,8 @@
 //! load (magic-byte sniffing, header limits, shrink-on-load) → resize (Lanczos3, crop;
 //! 16-bit narrowed first; planned in displayed coordinates, sampled in stored ones) →
 //! orient (EXIF) → colour (ICC/CMYK → 8-bit sRGB) → encode (mozjpeg, libwebp, png/oxipng).
-//! JPEG rows are resized as they are decoded (`resize_rows`), so for JPEG the load step
-//! hands over the resized image.
+//! JPEG and 8-bit PNG rows are resized as they are decoded (`resize_rows`), so for those
+//! the load step hands over the resized image.
 //!
 //! Everything is synchronous and CPU-bound; async callers use `spawn_blocking`. See
 //! docs/pipeline.md for the design and docs/benchmarks.md for the measurements.
@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 pub use load::{SHRINK_MARGIN, SourceFormat};
 
-use crate::geometry;
 use crate::variant::{OutputFormat, Params};
 
 /// Encoder settings profile.
@@ -107,7 +106,8 @@ pub struct Prepared {
 /// Wall time of each preparation step.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimings {
-    /// Sniffing, header checks and (reduced) decoding.
+    /// Sniffing, header checks and (reduced) decoding; for JPEG and 8-bit PNG also the
+    /// resize, which runs on the rows as they are decoded.
     pub load: Duration,
     pub orient: Duration,
     pub colour: Duration,
@@ -204,8 +204,7 @@ fn prepare_with(
         // Planned on the displayed size; the resize samples the stored buffer, so the
         // orient step after it turns thumbnail pixels rather than the decode.
         let (full_w, full_h) = image.full_size;
-        let (shown_w, shown_h) = image::oriented_size(full_w, full_h, image.orientation);
-        let plan = geometry::plan(shown_w, shown_h, params);
+        let plan = load::resize_plan(full_w, full_h, image.orientation, params);
         resize::resize(&mut image, &plan)?;
         lap(&mut timings.resize);
     }
