@@ -297,7 +297,7 @@ fn decode(
             cmyk_inverted: layout == Layout::Cmyk8 && header.adobe,
         };
         let sampling = resize::sampling(w, h, content, header.orientation, plan);
-        if let Some(mut rows) = RowResizer::new(w, h, layout, &sampling) {
+        if let Some(mut rows) = RowResizer::new(w, h, layout, &sampling)? {
             let row_bytes = rows.row_bytes();
             while cinfo.output_scanline < h {
                 let buffer = rows.rows_mut(ROWS_PER_READ);

@@ -88,10 +88,11 @@ pub fn load(
     let plan = plan(width, height, orientation);
     let sampling = resize::sampling(width, height, whole(width, height), orientation, &plan);
     // Adam7 delivers rows out of order, so interlaced files decode whole.
-    if let Some(mut rows) = (!interlaced)
-        .then(|| RowResizer::new(width, height, layout, &sampling))
-        .flatten()
-    {
+    let streamed = match interlaced {
+        false => RowResizer::new(width, height, layout, &sampling)?,
+        true => None,
+    };
+    if let Some(mut rows) = streamed {
         for _ in 0..height {
             let row = rows.rows_mut(1);
             if reader.read_row(row).map_err(corrupt)?.is_none() {

@@ -49,8 +49,16 @@ impl RowResizer {
     /// A streaming resize of a `width`×`height` source of `layout` as `sampling` says, or
     /// `None` where there is nothing to resample (a plain crop or copy: the one-shot step
     /// does those without filtering) or the layout is 16-bit (narrowed after loading).
-    pub fn new(width: u32, height: u32, layout: Layout, sampling: &Sampling) -> Option<Self> {
-        let pixel_type = pixel_type(layout).ok()?;
+    /// Refuses, rather than aborts, when the column buffer cannot be allocated.
+    pub fn new(
+        width: u32,
+        height: u32,
+        layout: Layout,
+        sampling: &Sampling,
+    ) -> Result<Option<Self>, PipelineError> {
+        let Ok(pixel_type) = pixel_type(layout) else {
+            return Ok(None);
+        };
         let Sampling { rect, out } = *sampling;
         let [x0, y0, x1, y1] = rect;
         let whole = rect.iter().all(|v| v.fract() == 0.0);
@@ -60,7 +68,7 @@ impl RowResizer {
             || width == 0
             || height == 0
         {
-            return None;
+            return Ok(None);
         }
         let scale_x = (x1 - x0) / out.0 as f64;
         let scale_y = (y1 - y0) / out.1 as f64;
@@ -72,7 +80,15 @@ impl RowResizer {
         let last = ((x1 + support_x).ceil() + 1.0).min(width as f64) as u32;
         let batch_rows = ((BATCH_SOURCE_ROWS / scale_y).ceil() as u32).clamp(1, out.1);
         let bpp = layout.bytes_per_pixel();
-        Some(RowResizer {
+        // As large as the one-shot resize's own scratch image (it filters vertically first
+        // too); bounded by the source pixel limit.
+        let columns_len = (last - first) as usize * bpp * out.1 as usize;
+        let mut columns = Vec::new();
+        columns
+            .try_reserve_exact(columns_len)
+            .map_err(|_| internal(format!("cannot allocate {columns_len} bytes to resize")))?;
+        columns.resize(columns_len, 0);
+        Ok(Some(RowResizer {
             width,
             height,
             row_bytes: width as usize * bpp,
@@ -86,12 +102,12 @@ impl RowResizer {
             window: Vec::new(),
             window_start: 0,
             received: 0,
-            columns: vec![0; (last - first) as usize * bpp * out.1 as usize],
+            columns,
             done_rows: 0,
             batch_rows,
             resizer: Resizer::new(),
             mul_div: MulDiv::default(),
-        })
+        }))
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -297,7 +313,9 @@ mod tests {
                     resize(&mut one_shot, &plan).expect("resize");
 
                     let sampling = sampling(w, h, content, orientation, &plan);
-                    let mut rows = RowResizer::new(w, h, layout, &sampling).expect(&what);
+                    let mut rows = RowResizer::new(w, h, layout, &sampling)
+                        .expect(&what)
+                        .expect(&what);
                     let row_bytes = rows.row_bytes();
                     let mut next = 0usize;
                     while next < h as usize {
@@ -345,7 +363,9 @@ mod tests {
         let params: Params = "50w".parse().expect("params");
         let plan = geometry::plan(200, 100, &params);
         let sampling = sampling(200, 100, [0.0, 0.0, 200.0, 100.0], 1, &plan);
-        let mut rows = RowResizer::new(200, 100, Layout::Rgb8, &sampling).expect("resizer");
+        let mut rows = RowResizer::new(200, 100, Layout::Rgb8, &sampling)
+            .expect("resizer")
+            .expect("resamples");
         let n = rows.rows_mut(16).len() / rows.row_bytes();
         rows.commit(n).expect("commit");
         assert!(rows.finish().is_err());
@@ -356,6 +376,10 @@ mod tests {
         let params: Params = "200w".parse().expect("params");
         let plan = geometry::plan(200, 100, &params);
         let sampling = sampling(200, 100, [0.0, 0.0, 200.0, 100.0], 1, &plan);
-        assert!(RowResizer::new(200, 100, Layout::Rgb8, &sampling).is_none());
+        assert!(
+            RowResizer::new(200, 100, Layout::Rgb8, &sampling)
+                .expect("resizer")
+                .is_none()
+        );
     }
 }
