@@ -126,3 +126,55 @@ fn bad_params_and_bad_input_fail_with_one_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("over the limit"));
 }
+
+/// A 20 MP source never exists whole in memory: JPEG rows (at the DCT scale) and PNG rows
+/// go straight into the resize. A whole RGB decode alone would be 61 MB. (`peak_rss_kb` is
+/// the process's own VmHWM, not inflated by this test process's big buffers.)
+#[test]
+fn big_sources_are_resized_without_a_whole_image_buffer() {
+    let (w, h) = (6000u32, 3400u32);
+    let rgb = gradient_rgb(w, h);
+    let whole_rgb_kb = (w as i64 * h as i64 * 3) / 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let sources = [
+        ("in.jpg", jpeg(w, h, &rgb, false, None)),
+        (
+            "in.png",
+            png(w, h, png::ColorType::Rgb, png::BitDepth::Eight, &rgb),
+        ),
+    ];
+    drop(rgb);
+    for (name, bytes) in sources {
+        let input = dir.path().join(name);
+        std::fs::write(&input, &bytes).unwrap();
+        // 1024 px asks a 1/2-scale JPEG decode (3000×1700, 15 MB whole); 400 px a 1/4 one.
+        for params in ["400w.jpg", "1024w.jpg"] {
+            let output = dir.path().join("out.jpg");
+            let out = edgethumb()
+                .args(["render", input.to_str().unwrap(), params])
+                .args(["-o", output.to_str().unwrap(), "--json"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let peak_kb = report["peak_rss_kb"].as_i64().unwrap();
+            let input_kb = bytes.len() as i64 / 1024;
+            eprintln!("{name} {params}: peak RSS {peak_kb} KB (input {input_kb} KB)");
+            // The binary (~9 MB), the input file and thumbnail-sized buffers (16-30 MB
+            // measured), never the picture: a whole RGB decode is 61 MB on top of the rest.
+            assert!(
+                peak_kb < input_kb + whole_rgb_kb,
+                "{name} {params}: peak RSS {peak_kb} KB with a {input_kb} KB input"
+            );
+            let thumb = std::fs::read(&output).unwrap();
+            assert_eq!(
+                dims(&thumb).0,
+                params.trim_end_matches("w.jpg").parse::<u32>().unwrap()
+            );
+        }
+    }
+}

@@ -252,8 +252,19 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Peak resident set size of this process in KiB (`getrusage`, Linux reports KiB).
+/// Peak resident set size of this process in KiB: the kernel's `VmHWM`, which starts afresh
+/// at exec. `getrusage`'s `ru_maxrss` (the fallback off Linux) also counts what the parent
+/// had resident when it forked us, so a caller with a big heap would inflate it.
 fn peak_rss_kb() -> i64 {
+    let from_status = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<i64>().ok()
+        });
+    if let Some(kb) = from_status {
+        return kb;
+    }
     // SAFETY: getrusage only writes into the struct we pass.
     unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
