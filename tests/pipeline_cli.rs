@@ -10,6 +10,17 @@ fn edgethumb() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edgethumb"))
 }
 
+/// Run `edgethumb` with `args` and `--json`; it must succeed; its report.
+fn render_json(args: &[&str]) -> serde_json::Value {
+    let out = edgethumb().args(args).arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn render_writes_the_thumbnail() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,24 +60,16 @@ fn render_json_reports_runs_and_memory() {
     )
     .unwrap();
     let output = dir.path().join("out.png");
-    let out = edgethumb()
-        .args([
-            "render",
-            input.to_str().unwrap(),
-            "--peer-op",
-            "D",
-            "-o",
-            output.to_str().unwrap(),
-        ])
-        .args(["--repeat", "3", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = render_json(&[
+        "render",
+        input.to_str().unwrap(),
+        "--peer-op",
+        "D",
+        "-o",
+        output.to_str().unwrap(),
+        "--repeat",
+        "3",
+    ]);
     assert_eq!(report["runs"].as_array().unwrap().len(), 3);
     assert_eq!(report["format"], "png");
     // Op D fits 400×400 and enlarges by default (no `1l`).
@@ -150,17 +153,13 @@ fn big_sources_are_resized_without_a_whole_image_buffer() {
         // 1024 px asks a 1/2-scale JPEG decode (3000×1700, 15 MB whole); 400 px a 1/4 one.
         for params in ["400w.jpg", "1024w.jpg"] {
             let output = dir.path().join("out.jpg");
-            let out = edgethumb()
-                .args(["render", input.to_str().unwrap(), params])
-                .args(["-o", output.to_str().unwrap(), "--json"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let report = render_json(&[
+                "render",
+                input.to_str().unwrap(),
+                params,
+                "-o",
+                output.to_str().unwrap(),
+            ]);
             let peak_kb = report["peak_rss_kb"].as_i64().unwrap();
             let input_kb = bytes.len() as i64 / 1024;
             eprintln!("{name} {params}: peak RSS {peak_kb} KB (input {input_kb} KB)");
