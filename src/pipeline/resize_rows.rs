@@ -129,9 +129,11 @@ impl RowResizer {
     /// `rows` rows were written at the start of the last [`rows_mut`](Self::rows_mut)
     /// slice: filter every output batch whose source rows are now all in.
     pub fn commit(&mut self, rows: usize) -> Result<(), PipelineError> {
-        let rows = rows.min((self.height - self.received) as usize) as u32;
+        let held = (self.received - self.window_start) as usize * self.row_bytes;
+        // Never past the image's last row or the window's end, whatever the caller says.
+        let room = (self.window.len() - held) / self.row_bytes.max(1);
+        let rows = rows.min(room).min((self.height - self.received) as usize) as u32;
         if self.alpha && rows > 0 {
-            let held = (self.received - self.window_start) as usize * self.row_bytes;
             let fresh = &mut self.window[held..held + rows as usize * self.row_bytes];
             let mut fresh = Image::from_slice_u8(self.width, rows, fresh, self.pixel_type)
                 .map_err(|e| internal(format!("premultiply rows: {e}")))?;
