@@ -88,9 +88,10 @@ pub fn load(
     let plan = plan(width, height, orientation);
     let sampling = resize::sampling(width, height, whole(width, height), orientation, &plan);
     // Adam7 delivers rows out of order, so interlaced files decode whole.
-    let streamed = match interlaced {
-        false => RowResizer::new(width, height, layout, &sampling)?,
-        true => None,
+    let streamed = if interlaced {
+        None
+    } else {
+        RowResizer::new(width, height, layout, &sampling)?
     };
     if let Some(mut rows) = streamed {
         for _ in 0..height {

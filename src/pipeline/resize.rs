@@ -85,6 +85,16 @@ pub fn sampling(
     }
 }
 
+impl Sampling {
+    /// Whether the output is a whole-pixel part of the buffer at its own size: a copy (or
+    /// nothing at all), no filtering.
+    pub fn is_plain_copy(&self) -> bool {
+        let [x0, y0, x1, y1] = self.rect;
+        self.rect.iter().all(|v| v.fract() == 0.0)
+            && (x1 - x0, y1 - y0) == (self.out.0 as f64, self.out.1 as f64)
+    }
+}
+
 fn snap(v: f64) -> f64 {
     if (v - v.round()).abs() < 1e-6 {
         v.round()
@@ -99,12 +109,12 @@ fn snap(v: f64) -> f64 {
 /// for the orient step to turn afterwards.
 pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> {
     let (w, h) = (image.width, image.height);
+    let sampled = sampling(w, h, image.content, image.orientation, plan);
     let Sampling {
         rect: [left, top, right, bottom],
         out: (out_w, out_h),
-    } = sampling(w, h, image.content, image.orientation, plan);
-    let whole_pixels = [left, top, right, bottom].iter().all(|v| v.fract() == 0.0);
-    if whole_pixels && (right - left, bottom - top) == (out_w as f64, out_h as f64) {
+    } = sampled;
+    if sampled.is_plain_copy() {
         if (left, top, out_w, out_h) == (0.0, 0.0, w, h) {
             return Ok(()); // already the right size (e.g. `1l` on a small source)
         }

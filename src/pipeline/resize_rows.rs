@@ -61,13 +61,7 @@ impl RowResizer {
         };
         let Sampling { rect, out } = *sampling;
         let [x0, y0, x1, y1] = rect;
-        let whole = rect.iter().all(|v| v.fract() == 0.0);
-        if (whole && (x1 - x0, y1 - y0) == (out.0 as f64, out.1 as f64))
-            || out.0 == 0
-            || out.1 == 0
-            || width == 0
-            || height == 0
-        {
+        if sampling.is_plain_copy() || out.0 == 0 || out.1 == 0 || width == 0 || height == 0 {
             return Ok(None);
         }
         let scale_x = (x1 - x0) / out.0 as f64;
