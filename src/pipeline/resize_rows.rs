@@ -197,6 +197,9 @@ impl RowResizer {
 
     fn drop_rows_above(&mut self, row: u32) {
         let row = row.clamp(self.window_start, self.received);
+        if row == self.window_start {
+            return; // the usual case between batches: nothing to move
+        }
         let drop = (row - self.window_start) as usize * self.row_bytes;
         let held = (self.received - self.window_start) as usize * self.row_bytes;
         self.window.copy_within(drop..held, 0);
