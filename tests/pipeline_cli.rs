@@ -130,6 +130,78 @@ fn bad_params_and_bad_input_fail_with_one_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("over the limit"));
 }
 
+/// Big files are mapped, small files and pipes are read: all three give the same
+/// thumbnail, and `--max-bytes` refuses an input over it either way (a pipe has no size
+/// to check up front, so its bytes are counted as they come).
+#[test]
+fn mapped_read_and_piped_sources_render_alike_and_respect_the_byte_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Noise-free gradients compress too well: a big PNG of the gradient stored without
+    // compression is well over the 256 KiB mapping threshold.
+    let (w, h) = (600, 400);
+    let big = dir.path().join("big.png");
+    let pixels = gradient_rgb(w, h);
+    let mut encoded = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut encoded, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_compression(png::Compression::NoCompression);
+        enc.write_header()
+            .unwrap()
+            .write_image_data(&pixels)
+            .unwrap();
+    }
+    assert!(encoded.len() > 256 << 10, "{} bytes", encoded.len());
+    std::fs::write(&big, &encoded).unwrap();
+    // `piped`: feed these bytes through a pipe (a redirected file would be mapped too).
+    let render = |input: &str, piped: Option<&[u8]>, extra: &[&str]| {
+        let output = dir.path().join("out.jpg");
+        let _ = std::fs::remove_file(&output);
+        let mut cmd = edgethumb();
+        cmd.args(["render", input, "150w.jpg", "-o", output.to_str().unwrap()])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let bytes = piped.unwrap_or_default().to_vec();
+        // The child may stop reading early (over the limit): a broken pipe is expected then.
+        let feeder = std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &bytes);
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        let written = out
+            .status
+            .success()
+            .then(|| std::fs::read(&output).unwrap());
+        (written, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (mapped, err) = render(big.to_str().unwrap(), None, &[]);
+    let mapped = mapped.unwrap_or_else(|| panic!("mapped: {err}"));
+    assert_eq!(dims(&mapped), (150, 100));
+    let (piped, err) = render("/dev/stdin", Some(&encoded), &[]);
+    assert_eq!(piped.as_deref(), Some(&mapped[..]), "piped: {err}");
+
+    let limit = (encoded.len() - 1).to_string();
+    for (input, piped) in [
+        (big.to_str().unwrap(), None),
+        ("/dev/stdin", Some(&encoded[..])),
+    ] {
+        let (written, err) = render(input, piped, &["--max-bytes", &limit]);
+        assert!(written.is_none(), "{input} over --max-bytes was rendered");
+        assert!(err.contains("bytes"), "{input}: {err}");
+    }
+    let exact = encoded.len().to_string();
+    let (piped, err) = render("/dev/stdin", Some(&encoded), &["--max-bytes", &exact]);
+    assert_eq!(
+        piped.as_deref(),
+        Some(&mapped[..]),
+        "piped at the limit: {err}"
+    );
+}
+
 /// A 20 MP source never exists whole in memory: JPEG rows (at the DCT scale) and PNG rows
 /// go straight into the resize. A whole RGB decode alone would be 61 MB. (`peak_rss_kb` is
 /// the process's own VmHWM, not inflated by this test process's big buffers.)
