@@ -4,8 +4,8 @@
 //!   the settings sharp uses by default, so edge responses cost what sharp's do; but
 //!   mozjpeg's MS-SSIM-tuned quantisation tables instead of Annex K's, which makes them a
 //!   little smaller and better at the same `q`.
-//! - `best`: mozjpeg's full profile (trellis quantisation, its tuned tables, optimised
-//!   progressive scans), which gives smaller files at the same visual quality.
+//! - `best`: mozjpeg's full profile (trellis quantisation, optimised progressive scans)
+//!   with the same tables, which gives smaller files at the same visual quality.
 //!
 //! Both write baseline unless progressive was asked for, 4:2:0 chroma, a JFIF header and
 //! nothing else (no EXIF, no ICC: the pixels are sRGB).
@@ -17,11 +17,14 @@ use mozjpeg_sys as ffi;
 use super::Profile;
 use super::libjpeg;
 
-/// mozjpeg's base quantisation tables for the `fast` profile: 2, tuned for MS-SSIM on the
-/// Kodak set, instead of Annex K's (0). Measured with the shared peer kit on its 12 photos
-/// at q80 (docs/benchmarks.md): op A 0.99x sharp's bytes at +3.1 SSIMULACRA2 (Annex K:
-/// 1.01x at +2.3), op C 0.97x at +1.3 (Annex K: 1.01x at +0.8); no CPU cost.
-const FAST_QUANT_TABLES: c_int = 2;
+/// mozjpeg's base quantisation tables: 2, tuned for MS-SSIM on the Kodak set. For `fast`
+/// instead of libjpeg's Annex K tables (0), measured with the shared peer kit on its 12
+/// photos at q80 (docs/benchmarks.md): op A 0.99x sharp's bytes at +3.1 SSIMULACRA2 (Annex
+/// K: 1.01x at +2.3), op C 0.97x at +1.3 (Annex K: 1.01x at +0.8); no CPU cost. For `best`
+/// instead of mozjpeg's default (3): at equal SSIMULACRA2 (75, 80, 85; bytes interpolated
+/// over a q sweep of 24 thumbnails of the kit's photos, 400 and 1024 px) 0.98-1.00x the
+/// bytes at 400 px and 0.96-0.98x at 1024 px.
+const QUANT_TABLES: c_int = 2;
 
 /// What to encode: tightly packed 8-bit rows, 1 (gray) or 3 (RGB) channels.
 pub struct JpegInput<'a> {
@@ -87,14 +90,12 @@ pub fn encode(
                 );
             }
             ffi::jpeg_set_defaults(cinfo);
-            if profile == Profile::Fast {
-                // Quantisation tables are free at encode time; see FAST_QUANT_TABLES.
-                ffi::jpeg_c_set_int_param(
-                    cinfo,
-                    ffi::J_INT_PARAM::JINT_BASE_QUANT_TBL_IDX,
-                    FAST_QUANT_TABLES,
-                );
-            }
+            // Quantisation tables are free at encode time; see QUANT_TABLES.
+            ffi::jpeg_c_set_int_param(
+                cinfo,
+                ffi::J_INT_PARAM::JINT_BASE_QUANT_TBL_IDX,
+                QUANT_TABLES,
+            );
             ffi::jpeg_set_quality(cinfo, quality.clamp(1, 100) as c_int, 1);
             cinfo.optimize_coding = 1;
             if progressive {
