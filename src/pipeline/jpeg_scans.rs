@@ -28,6 +28,8 @@
 //! anything it does not fully understand (not SOF2, truncated, unknown markers, odd scan
 //! headers) yields `None`, meaning "decode the original bytes", which is always correct.
 
+use std::ops::Range;
+
 /// Zig-zag position -> natural (row-major) position in the 8x8 block (ITU T.81 figure A.6).
 const NATURAL_ORDER: [u8; 64] = [
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
@@ -334,20 +336,36 @@ fn select_scans(scans: &[Scan], needed: &[u64], fidelity: Fidelity) -> Option<Ve
     Some(keep)
 }
 
-/// [`strip_unneeded_scans_with`] at the default [`Fidelity`].
-pub fn strip_unneeded_scans(jpeg: &[u8], scale_denom: u32) -> Option<Vec<u8>> {
-    strip_unneeded_scans_with(jpeg, scale_denom, Fidelity::default())
+/// [`needed_ranges_with`] at the default [`Fidelity`].
+pub fn needed_ranges(jpeg: &[u8], scale_denom: u32) -> Option<Vec<Range<usize>>> {
+    needed_ranges_with(jpeg, scale_denom, Fidelity::default())
 }
 
-/// A copy of progressive JPEG `jpeg` without the scans a decode at `1/scale_denom`
-/// (2, 4 or 8) does not read, or `None` when the original should be decoded instead: not
-/// progressive Huffman, nothing to drop, truncated, or not understood. Decode the result
-/// with block smoothing off (see the module docs).
+/// A copy of progressive JPEG `jpeg` without the scans a decode at `1/scale_denom` does not
+/// read: the bytes of [`needed_ranges_with`] one after the other.
 pub fn strip_unneeded_scans_with(
     jpeg: &[u8],
     scale_denom: u32,
     fidelity: Fidelity,
 ) -> Option<Vec<u8>> {
+    let ranges = needed_ranges_with(jpeg, scale_denom, fidelity)?;
+    let mut out = Vec::with_capacity(ranges.iter().map(|r| r.len()).sum());
+    for range in ranges {
+        out.extend_from_slice(jpeg.get(range)?);
+    }
+    Some(out)
+}
+
+/// The byte ranges of progressive JPEG `jpeg` that, read one after the other, are the file
+/// without the scans a decode at `1/scale_denom` (2, 4 or 8) does not read; `None` when the
+/// original should be decoded instead: not progressive Huffman, nothing to drop, truncated,
+/// or not understood. Every range lies inside `jpeg`. Decode the result with block
+/// smoothing off (see the module docs).
+pub fn needed_ranges_with(
+    jpeg: &[u8],
+    scale_denom: u32,
+    fidelity: Fidelity,
+) -> Option<Vec<Range<usize>>> {
     if !matches!(scale_denom, 2 | 4 | 8) {
         return None;
     }
@@ -366,21 +384,30 @@ pub fn strip_unneeded_scans_with(
     if keep.iter().all(|&k| k) {
         return None;
     }
-    let mut out = Vec::with_capacity(layout.eoi_end);
-    let mut copied_to = 0;
+    let mut ranges = Vec::new();
+    let mut kept_from = 0;
     for (scan, kept) in layout.scans.iter().zip(keep) {
         if !kept {
-            out.extend_from_slice(jpeg.get(copied_to..scan.start)?);
-            copied_to = scan.end;
+            ranges.push(kept_from..scan.start);
+            kept_from = scan.end;
         }
     }
-    out.extend_from_slice(jpeg.get(copied_to..layout.eoi_end)?);
-    Some(out)
+    ranges.push(kept_from..layout.eoi_end);
+    ranges.retain(|r| !r.is_empty());
+    ranges
+        .iter()
+        .all(|r| r.start <= r.end && r.end <= jpeg.len())
+        .then_some(ranges)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The filter as the loader runs it (default fidelity), as one buffer.
+    fn strip_unneeded_scans(jpeg: &[u8], scale_denom: u32) -> Option<Vec<u8>> {
+        strip_unneeded_scans_with(jpeg, scale_denom, Fidelity::default())
+    }
     use proptest::prelude::*;
     use std::os::raw::c_int;
 
@@ -857,6 +884,95 @@ mod tests {
                     prop_assert!(parse(&out).is_some());
                 }
             }
+        }
+    }
+
+    /// Decode `segments` as one stream through our error manager and [`SegmentSource`].
+    fn decode_segments(segments: &[&[u8]], scale_denom: u32) -> Result<Vec<u8>, String> {
+        use crate::pipeline::libjpeg;
+        use mozjpeg_sys as ffi;
+        struct Guard(Box<ffi::jpeg_decompress_struct>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                unsafe { ffi::jpeg_destroy_decompress(&mut self.0) };
+            }
+        }
+        libjpeg::catch(|| {
+            let mut err = libjpeg::error_mgr();
+            let mut source = libjpeg::SegmentSource::new(segments);
+            let mut dec = Guard(Box::new(unsafe { std::mem::zeroed() }));
+            let cinfo = &mut *dec.0;
+            cinfo.common.err = &mut *err;
+            unsafe { ffi::jpeg_create_decompress(cinfo) };
+            source.install(cinfo);
+            unsafe { ffi::jpeg_read_header(cinfo, 1) };
+            cinfo.scale_num = 1;
+            cinfo.scale_denom = scale_denom;
+            cinfo.do_block_smoothing = 0;
+            unsafe { ffi::jpeg_start_decompress(cinfo) };
+            let row = (cinfo.output_width * cinfo.output_components as u32) as usize;
+            let mut out = vec![0u8; row * cinfo.output_height as usize];
+            while cinfo.output_scanline < cinfo.output_height {
+                let at = cinfo.output_scanline as usize * row;
+                let mut rows = [out[at..].as_mut_ptr()];
+                unsafe { ffi::jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), 1) };
+            }
+            out
+        })
+    }
+
+    /// Cut `bytes` into pieces of 0 (empty), 1, 2, 3, 5, 7 and 11 bytes, round and round.
+    fn chop(bytes: &[u8]) -> Vec<&[u8]> {
+        let sizes = [1usize, 0, 2, 3, 5, 7, 11];
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at >= bytes.len() {
+                break;
+            }
+            let end = (at + size).min(bytes.len());
+            pieces.push(&bytes[at..end]);
+            at = end;
+        }
+        pieces
+    }
+
+    #[test]
+    fn the_loader_reads_around_dropped_scans_as_if_they_were_cut_out() {
+        let jpeg = encode_mozjpeg(257, 131, Script::Libjpeg, Some((2, 2)));
+        for denom in [8, 4] {
+            let ranges = needed_ranges(&jpeg, denom).expect("scans to drop");
+            assert!(ranges.len() > 1, "1/{denom}: {ranges:?}");
+            let segments: Vec<&[u8]> = ranges.iter().map(|r| &jpeg[r.clone()]).collect();
+            let stripped = strip_unneeded_scans(&jpeg, denom).unwrap();
+            let whole = decode_segments(&[&stripped], denom).unwrap();
+            assert_eq!(
+                decode_segments(&segments, denom).unwrap(),
+                whole,
+                "1/{denom}"
+            );
+            // The same bytes in tiny pieces, empty ones included.
+            assert_eq!(decode_segments(&chop(&stripped), denom).unwrap(), whole);
+        }
+    }
+
+    #[test]
+    fn segments_skip_markers_across_pieces_and_fail_when_the_data_runs_out() {
+        let jpeg = encode_mozjpeg(64, 48, Script::Libjpeg, Some((2, 2)));
+        // An APP15 with 600 bytes of payload (length field 602) after SOI: libjpeg skips it through skip_input_data, here
+        // across a hundred pieces.
+        let mut with_app = jpeg[..2].to_vec();
+        with_app.extend_from_slice(&[0xFF, 0xEF, 0x02, 0x5A]);
+        // Full of EOI markers, so a skip that falls short ends the file right there.
+        with_app.extend([0xFF, 0xD9].repeat(300));
+        with_app.extend_from_slice(&jpeg[2..]);
+        let whole = decode_segments(&[&jpeg], 1).unwrap();
+        assert_eq!(decode_segments(&chop(&with_app), 1).unwrap(), whole);
+        // Truncated: a typed failure, in one piece or many.
+        let cut = &with_app[..with_app.len() * 2 / 3];
+        for segments in [vec![cut], chop(cut)] {
+            let err = decode_segments(&segments, 1).unwrap_err();
+            assert!(err.contains("Premature end"), "{err}");
         }
     }
 }

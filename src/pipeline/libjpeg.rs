@@ -123,3 +123,106 @@ extern "C-unwind" fn progress_monitor(cinfo: &mut ffi::jpeg_common_struct) {
         ))));
     }
 }
+
+/// A libjpeg data source that reads a list of byte slices as one stream, so a progressive
+/// file with some scans dropped (`jpeg_scans`) is decoded from the original bytes without
+/// first being copied together (a 16 MB file kept 36 % at 1/4: 6 MB less at the peak).
+///
+/// Like `jpeg_mem_src`, running out of data inserts an EOI after a premature-end warning,
+/// which our error manager makes fatal.
+#[repr(C)]
+pub struct SegmentSource<'a> {
+    /// First, so libjpeg's `cinfo.src` pointer is also a pointer to the whole struct.
+    mgr: ffi::jpeg_source_mgr,
+    segments: &'a [&'a [u8]],
+    next: usize,
+}
+
+/// Two bytes libjpeg reads as an EOI marker once the data ran out.
+static FAKE_EOI: [u8; 2] = [0xFF, 0xD9];
+
+impl<'a> SegmentSource<'a> {
+    pub fn new(segments: &'a [&'a [u8]]) -> Box<SegmentSource<'a>> {
+        Box::new(SegmentSource {
+            mgr: ffi::jpeg_source_mgr {
+                next_input_byte: std::ptr::null(),
+                bytes_in_buffer: 0,
+                init_source: Some(source_init),
+                fill_input_buffer: Some(source_fill),
+                skip_input_data: Some(source_skip),
+                resync_to_restart: Some(ffi::jpeg_resync_to_restart),
+                term_source: Some(source_term),
+            },
+            segments,
+            next: 0,
+        })
+    }
+
+    /// Point `cinfo` at this source; it must outlive every libjpeg call on `cinfo`.
+    pub fn install(self: &mut Box<Self>, cinfo: &mut ffi::jpeg_decompress_struct) {
+        cinfo.src = &mut self.mgr;
+    }
+}
+
+/// The source `cinfo` reads from, installed by [`SegmentSource::install`].
+///
+/// # Safety
+/// `cinfo.src` must point at the `mgr` of a live `SegmentSource`.
+unsafe fn segment_source<'c>(
+    cinfo: &'c mut ffi::jpeg_decompress_struct,
+) -> &'c mut SegmentSource<'c> {
+    // SAFETY: per the contract, src is the first field of a repr(C) SegmentSource.
+    unsafe { &mut *cinfo.src.cast::<SegmentSource<'c>>() }
+}
+
+unsafe extern "C-unwind" fn source_init(_cinfo: &mut ffi::jpeg_decompress_struct) {}
+
+unsafe extern "C-unwind" fn source_term(_cinfo: &mut ffi::jpeg_decompress_struct) {}
+
+unsafe extern "C-unwind" fn source_fill(cinfo: &mut ffi::jpeg_decompress_struct) -> ffi::boolean {
+    // SAFETY: libjpeg calls this only on the cinfo our source was installed on.
+    let source = unsafe { segment_source(cinfo) };
+    while let Some(segment) = source.segments.get(source.next) {
+        source.next += 1;
+        if !segment.is_empty() {
+            source.mgr.next_input_byte = segment.as_ptr();
+            source.mgr.bytes_in_buffer = segment.len();
+            return 1;
+        }
+    }
+    // SAFETY: cinfo.err is our live error manager; emit_message unwinds for this code.
+    unsafe {
+        (*cinfo.common.err).msg_code = ffi::JWRN_JPEG_EOF;
+        if let Some(emit) = (*cinfo.common.err).emit_message {
+            emit(&mut cinfo.common, -1);
+        }
+    }
+    // SAFETY: as above; reached only with an error manager that let the warning pass.
+    let source = unsafe { segment_source(cinfo) };
+    source.mgr.next_input_byte = FAKE_EOI.as_ptr();
+    source.mgr.bytes_in_buffer = FAKE_EOI.len();
+    1
+}
+
+unsafe extern "C-unwind" fn source_skip(
+    cinfo: &mut ffi::jpeg_decompress_struct,
+    count: std::os::raw::c_long,
+) {
+    let Ok(mut count) = usize::try_from(count) else {
+        return; // libjpeg's contract: zero or negative skips nothing
+    };
+    loop {
+        // SAFETY: libjpeg calls this only on the cinfo our source was installed on.
+        let source = unsafe { segment_source(cinfo) };
+        if count <= source.mgr.bytes_in_buffer {
+            // SAFETY: count bytes are left in the current buffer.
+            source.mgr.next_input_byte = unsafe { source.mgr.next_input_byte.add(count) };
+            source.mgr.bytes_in_buffer -= count;
+            return;
+        }
+        count -= source.mgr.bytes_in_buffer;
+        source.mgr.bytes_in_buffer = 0;
+        // SAFETY: same cinfo; fill either loads the next segment or ends in the EOF path.
+        unsafe { source_fill(cinfo) };
+    }
+}

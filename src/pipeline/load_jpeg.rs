@@ -6,8 +6,7 @@
 //! profile, Adobe marker), so limits are checked before libjpeg allocates anything and the
 //! scale is chosen before the entropy-coded data is touched.
 
-use std::borrow::Cow;
-use std::os::raw::{c_long, c_ulong};
+use std::os::raw::c_long;
 
 use mozjpeg_sys as ffi;
 
@@ -178,12 +177,13 @@ pub fn load(
     };
     let plan = plan(&header);
     // The one place the compressed bytes go to libjpeg once the scale is known. A reduced
-    // decode needs only some of a progressive file's scans: jpeg_scans drops the others.
-    let input: Cow<'_, [u8]> = match super::jpeg_scans::strip_unneeded_scans(data, scale_denom) {
-        Some(stripped) => Cow::Owned(stripped),
-        None => Cow::Borrowed(data),
+    // decode needs only some of a progressive file's scans: jpeg_scans finds the others,
+    // and libjpeg reads around them, straight from `data`.
+    let segments: Vec<&[u8]> = match super::jpeg_scans::needed_ranges(data, scale_denom) {
+        Some(ranges) => ranges.into_iter().filter_map(|r| data.get(r)).collect(),
+        None => vec![data],
     };
-    decode(&input, scale_denom, &header, limits, &plan)
+    decode(&segments, scale_denom, &header, limits, &plan)
 }
 
 /// Scanlines asked of libjpeg per call (it returns at most one iMCU row's worth anyway).
@@ -221,7 +221,7 @@ impl Drop for Decompressor {
 }
 
 fn decode(
-    input: &[u8],
+    input: &[&[u8]],
     scale_denom: u32,
     header: &JpegHeader,
     limits: &Limits,
@@ -238,18 +238,20 @@ fn decode(
         // Declared before the decompressor so they outlive it (locals drop in reverse).
         let mut err = libjpeg::error_mgr();
         let mut progress = libjpeg::scan_limiter();
+        let mut source = libjpeg::SegmentSource::new(input);
         // SAFETY: zeroed is the documented initial state before jpeg_create_decompress.
         let mut dec = Decompressor {
             cinfo: Box::new(unsafe { std::mem::zeroed() }),
         };
         let cinfo = &mut *dec.cinfo;
         cinfo.common.err = &mut *err;
-        // SAFETY: cinfo is zeroed with a valid error manager; input outlives the decoder.
+        // SAFETY: cinfo is zeroed with a valid error manager; the source and the input it
+        // reads outlive the decoder.
         unsafe {
             ffi::jpeg_create_decompress(cinfo);
             cinfo.common.progress = &mut *progress;
             (*cinfo.common.mem).max_memory_to_use = memory_budget;
-            ffi::jpeg_mem_src(cinfo, input.as_ptr(), input.len() as c_ulong);
+            source.install(cinfo);
             ffi::jpeg_read_header(cinfo, 1);
         }
         let layout = match cinfo.jpeg_color_space {
