@@ -1,6 +1,7 @@
 //! Lossy WebP encoding with libwebp's advanced API (with alpha).
 //!
-//! - `fast`: method 4, libwebp's default speed/size trade-off (what sharp uses).
+//! - `fast`: method 4, libwebp's default speed/size trade-off (what sharp uses), or 5 for
+//!   small outputs (see [`SMALL_OUTPUT_PIXELS`]).
 //! - `best`: method 6 and sharp-YUV RGB→YUV conversion (crisper colour edges), for the
 //!   worker, which encodes once and serves many times.
 //!
@@ -9,6 +10,13 @@
 use libwebp_sys as webp;
 
 use super::Profile;
+
+/// Up to this many output pixels (256×256) the `fast` profile encodes with method 5: at
+/// thumbnail sizes it costs well under a millisecond more than method 4 and is 2–3 %
+/// smaller at the same `q` (`cwebp` on the kit's twelve 200 px thumbnails: 61.8 vs 63.4 KB,
+/// SSIMULACRA2 mean 76.3 vs 76.6; at 1024 px it would add ~10 ms, so bigger outputs keep
+/// method 4).
+pub const SMALL_OUTPUT_PIXELS: u64 = 256 * 256;
 
 /// Owns a WebPPicture and a memory writer; frees both on every path.
 struct Encoding {
@@ -47,6 +55,9 @@ pub fn encode(
     config.quality = quality.clamp(1, 100) as f32;
     config.alpha_quality = 100;
     match profile {
+        Profile::Fast if u64::from(width) * u64::from(height) <= SMALL_OUTPUT_PIXELS => {
+            config.method = 5
+        }
         Profile::Fast => config.method = 4,
         Profile::Best => {
             config.method = 6;
