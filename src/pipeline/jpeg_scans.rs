@@ -403,13 +403,13 @@ pub fn needed_ranges_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::os::raw::c_int;
 
     /// The filter as the loader runs it (default fidelity), as one buffer.
     fn strip_unneeded_scans(jpeg: &[u8], scale_denom: u32) -> Option<Vec<u8>> {
         strip_unneeded_scans_with(jpeg, scale_denom, Fidelity::default())
     }
-    use proptest::prelude::*;
-    use std::os::raw::c_int;
 
     /// A photo-like test image: gradients, edges and deterministic noise, so every DCT
     /// frequency carries data and every scan is non-trivial.
@@ -959,8 +959,8 @@ mod tests {
     #[test]
     fn segments_skip_markers_across_pieces_and_fail_when_the_data_runs_out() {
         let jpeg = encode_mozjpeg(64, 48, Script::Libjpeg, Some((2, 2)));
-        // An APP15 with 600 bytes of payload (length field 602) after SOI: libjpeg skips it through skip_input_data, here
-        // across a hundred pieces.
+        // An APP15 with 600 bytes of payload (length field 602) after SOI: libjpeg skips
+        // it through skip_input_data, here across a hundred pieces.
         let mut with_app = jpeg[..2].to_vec();
         with_app.extend_from_slice(&[0xFF, 0xEF, 0x02, 0x5A]);
         // Full of EOI markers, so a skip that falls short ends the file right there.

@@ -158,7 +158,8 @@ impl<'a> SegmentSource<'a> {
         })
     }
 
-    /// Point `cinfo` at this source; it must outlive every libjpeg call on `cinfo`.
+    /// Point `cinfo` at this source; it must outlive every libjpeg call on `cinfo`. Taken
+    /// on the `Box`, so the address libjpeg keeps cannot move.
     pub fn install(self: &mut Box<Self>, cinfo: &mut ffi::jpeg_decompress_struct) {
         cinfo.src = &mut self.mgr;
     }
