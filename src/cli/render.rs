@@ -118,7 +118,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn run(args: RenderArgs) -> anyhow::Result<()> {
-    keep_freed_memory();
+    // `--tune` is the worker's path: keep the worker's allocator settings for it.
+    if !args.tune {
+        keep_freed_memory();
+    }
     let spec = match (&args.params, args.peer_op) {
         (_, Some(op)) => op.params().to_string(),
         (Some(p), None) => p.clone(),
@@ -146,9 +149,8 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         let prepared_at = Instant::now();
         let encode_spec = prepared.encode_spec(&params, profile);
         let bytes = if args.tune {
-            // The worker's search: a full-decode reference, only when a lossy `q` is open.
-            let tuned = encode_spec.format.is_lossy() && params.quality.is_none();
-            let reference = tuned
+            // The worker's search: a full-decode reference, only when it will be used.
+            let reference = edgethumb::worker::tuning::wants_reference(&prepared, &params)
                 .then(|| pipeline::prepare_reference(source, &params, &limits))
                 .transpose()
                 .with_context(|| format!("{}", input.display()))?;

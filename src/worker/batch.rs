@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::process::{self, KeyOutcome, MemoryGate, RenderFailure, RenderReport, RenderTask};
-use super::{BucketStores, MEMORY_PER_SOURCE_BYTE, WorkerConfig};
+use super::{BucketStores, WorkerConfig};
 use crate::job::Job;
 use crate::variant::VariantKey;
 
@@ -81,8 +81,8 @@ struct SemaphoreGate {
 
 #[async_trait::async_trait]
 impl MemoryGate for SemaphoreGate {
-    async fn reserve(&self, source_bytes: u64) -> Box<dyn Send> {
-        let mib = memory_weight_mib(source_bytes, self.budget_mib);
+    async fn reserve(&self, bytes: u64) -> Box<dyn Send> {
+        let mib = memory_weight_mib(bytes, self.budget_mib);
         match self.memory.clone().acquire_many_owned(mib).await {
             Ok(permit) => Box::new(permit),
             // Never closed; if it were, running without the gate beats failing the job.
@@ -91,10 +91,9 @@ impl MemoryGate for SemaphoreGate {
     }
 }
 
-/// Permits (MiB) a render of a `source_bytes` original holds: at least 1, at most the
-/// whole budget, so the biggest original still runs (alone).
-pub fn memory_weight_mib(source_bytes: u64, budget_mib: u32) -> u32 {
-    let bytes = source_bytes.saturating_mul(MEMORY_PER_SOURCE_BYTE);
+/// Permits (MiB) a render needing `bytes` ([`process::memory_estimate`]) holds: at least 1,
+/// at most the whole budget, so the biggest render still runs (alone).
+pub fn memory_weight_mib(bytes: u64, budget_mib: u32) -> u32 {
     let mib = bytes.div_ceil(1024 * 1024);
     mib.clamp(1, u64::from(budget_mib.max(1))) as u32
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::WorkerConfig;
 use super::tuning::{self, Choice, TuneError};
+use super::{MEMORY_PER_SOURCE_BYTE, WorkerConfig};
 use crate::job::JobError;
 use crate::pipeline::{self, PipelineError};
 use crate::store::{ObjectInfo, ObjectStore, PutRequest, StoreError};
@@ -146,9 +146,9 @@ pub type RenderResult = Result<(Vec<KeyOutcome>, RenderReport), RenderFailure>;
 /// Hook the batch uses to size its memory permit once the source size is known.
 #[async_trait::async_trait]
 pub trait MemoryGate: Send + Sync {
-    /// Wait until the working memory a render of a `source_bytes` original needs is
-    /// available; dropping the guard releases it.
-    async fn reserve(&self, source_bytes: u64) -> Box<dyn Send>;
+    /// Wait until `bytes` of working memory ([`memory_estimate`]) are available;
+    /// dropping the guard releases them.
+    async fn reserve(&self, bytes: u64) -> Box<dyn Send>;
 }
 
 /// A gate that never waits (single renders, tests).
@@ -156,9 +156,23 @@ pub struct NoGate;
 
 #[async_trait::async_trait]
 impl MemoryGate for NoGate {
-    async fn reserve(&self, _source_bytes: u64) -> Box<dyn Send> {
+    async fn reserve(&self, _bytes: u64) -> Box<dyn Send> {
         Box::new(())
     }
+}
+
+/// Working memory a render of a `source_bytes` original for `params` may hold at its peak:
+/// the decode and resize ([`MEMORY_PER_SOURCE_BYTE`]) plus, when the URL leaves the quality
+/// to the search, the metric's planes at the largest output it scores (the output size is
+/// not known before the decode, so this assumes the largest).
+pub fn memory_estimate(source_bytes: u64, params: &Params) -> u64 {
+    let render = source_bytes.saturating_mul(MEMORY_PER_SOURCE_BYTE);
+    let scoring = if params.quality.is_none() {
+        tuning::MAX_SCORING_BYTES
+    } else {
+        0
+    };
+    render.saturating_add(scoring)
 }
 
 /// Whether an existing variant was rendered from this original by this version.
@@ -227,7 +241,9 @@ pub async fn render(
     report.source_bytes = original.info.size;
     report.original_etag = original.info.etag.clone();
     // Now the size is known, hold the memory this render will need.
-    let memory = gate.reserve(original.body.len() as u64).await;
+    let memory = gate
+        .reserve(memory_estimate(original.body.len() as u64, &task.params))
+        .await;
 
     let render_started = Instant::now();
     let choice = render_blocking(original.body.clone(), task.params.clone(), config).await?;
@@ -323,9 +339,7 @@ pub fn render_sync(
     tuning: &tuning::TuningConfig,
 ) -> Result<Choice, RenderFailure> {
     let prepared = pipeline::prepare(source, params, limits)?;
-    let format = params.output_format(prepared.source_format);
-    let needs_reference = format.is_lossy() && params.quality.is_none();
-    let reference = if needs_reference {
+    let reference = if tuning::wants_reference(&prepared, params) {
         Some(pipeline::prepare_reference(source, params, limits)?)
     } else {
         None

@@ -580,15 +580,28 @@ async fn parallelism_is_bounded_by_cores_and_by_memory() {
 }
 
 #[test]
-fn memory_weight_scales_with_the_source_and_fits_the_budget() {
-    assert_eq!(batch::memory_weight_mib(10 * 1024 * 1024, 64), 64);
+fn memory_weight_is_the_estimate_in_mib_within_the_budget() {
+    assert_eq!(batch::memory_weight_mib(100 * 1024 * 1024, 64), 64);
     assert_eq!(batch::memory_weight_mib(1, 64), 1);
     assert_eq!(batch::memory_weight_mib(0, 64), 1);
-    assert_eq!(
-        batch::memory_weight_mib(1024 * 1024, 1000),
-        MEMORY_PER_SOURCE_BYTE as u32
-    );
+    assert_eq!(batch::memory_weight_mib(24 * 1024 * 1024, 1000), 24);
     assert_eq!(batch::memory_weight_mib(u64::MAX, 1000), 1000);
+}
+
+#[test]
+fn memory_estimate_adds_the_metric_only_when_the_quality_is_searched() {
+    let pinned: crate::Params = "400w_80q.jpg".parse().unwrap();
+    let searched: crate::Params = "400w.jpg".parse().unwrap();
+    let mib = 1024 * 1024;
+    assert_eq!(
+        process::memory_estimate(mib, &pinned),
+        MEMORY_PER_SOURCE_BYTE * mib
+    );
+    assert_eq!(
+        process::memory_estimate(mib, &searched),
+        MEMORY_PER_SOURCE_BYTE * mib + tuning::MAX_SCORING_BYTES
+    );
+    assert_eq!(process::memory_estimate(u64::MAX, &searched), u64::MAX);
 }
 
 #[tokio::test]

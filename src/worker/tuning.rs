@@ -21,6 +21,17 @@ use crate::variant::{DEFAULT_QUALITY, OutputFormat, Params};
 /// SSIMULACRA2's smallest supported side.
 pub const MIN_SCORED_SIDE: u32 = 8;
 
+/// Outputs with more pixels than this (e.g. 1920×1080 is tuned, 2048×2048 is not) are
+/// encoded at the default quality without a search: one comparison holds about
+/// [`SCORING_BYTES_PER_PIXEL`] per output pixel and takes ~1 µs a pixel, so a 4096×4096
+/// variant would need 2.7 GB and ~15 s per candidate.
+pub const MAX_SCORED_PIXELS: u64 = 2_500_000;
+/// Peak memory of one SSIMULACRA2 comparison per output pixel: the crate's planes at six
+/// scales (measured 145 bytes a pixel at 0.6 and 1.6 MP), rounded up.
+pub const SCORING_BYTES_PER_PIXEL: u64 = 160;
+/// The most a tuned render's scoring holds on top of the render itself (400 MB).
+pub const MAX_SCORING_BYTES: u64 = MAX_SCORED_PIXELS * SCORING_BYTES_PER_PIXEL;
+
 /// Default target: what sharp's q80 reaches on our photo corpus (see `docs/worker.md`).
 pub const DEFAULT_TARGET_SCORE: f64 = 80.0;
 /// Default bound on encodes per image.
@@ -70,7 +81,8 @@ pub struct Choice {
     pub score: Option<f64>,
     /// Encodes spent (1 when not tuned).
     pub encodes: u32,
-    /// Why this quality: `tuned`, `url` (the URL set `q`), `lossless`, `too-small`, `unreachable`.
+    /// Why this quality: `tuned`, `url` (the URL set `q`), `lossless`, `too-small`,
+    /// `too-large` (over [`MAX_SCORED_PIXELS`]), `untuned` (no reference), `unreachable`.
     pub method: &'static str,
 }
 
@@ -212,6 +224,18 @@ fn to_linear(image: &Prepared, bg: u8) -> Result<LinearRgb, TuneError> {
     LinearRgb::new(data, width, height).map_err(|e| TuneError::Metric(format!("{e:?}")))
 }
 
+/// Whether the search would run for `prepared` (so a reference is worth making): a lossy
+/// format, no `q` in the URL, and an output small enough to score.
+pub fn wants_reference(prepared: &Prepared, params: &Params) -> bool {
+    params.output_format(prepared.source_format).is_lossy()
+        && params.quality.is_none()
+        && scoreable_size(prepared)
+}
+
+fn scoreable_size(prepared: &Prepared) -> bool {
+    u64::from(prepared.width) * u64::from(prepared.height) <= MAX_SCORED_PIXELS
+}
+
 /// Encode `prepared` for `params` with the `best` profile, tuning the quality when the URL
 /// left it open and the format is lossy.
 ///
@@ -245,6 +269,9 @@ pub fn encode_best(
     }
     if let Some(q) = params.quality {
         return fixed(q, "url");
+    }
+    if !scoreable_size(prepared) {
+        return fixed(DEFAULT_QUALITY, "too-large");
     }
     let Some(reference) = reference else {
         return fixed(DEFAULT_QUALITY, "untuned");

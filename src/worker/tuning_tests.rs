@@ -222,3 +222,28 @@ fn the_scorer_ranks_a_worse_encode_lower() {
     // The reference against itself is perfect.
     assert!(scorer.score(&reference).unwrap() > 99.0);
 }
+
+#[test]
+fn outputs_too_big_to_score_keep_the_default_quality() {
+    let source = photo_like();
+    let limits = Limits::default();
+    // 480x360 enlarged: 1800 wide is 2.43 MP (scored), 2000 wide 3 MP (not).
+    let under: Params = "1800w.jpg".parse().unwrap();
+    let prepared = pipeline::prepare(&source, &under, &limits).unwrap();
+    assert!(u64::from(prepared.width) * u64::from(prepared.height) <= tuning::MAX_SCORED_PIXELS);
+    assert!(tuning::wants_reference(&prepared, &under));
+    let pinned: Params = "1800w_70q.jpg".parse().unwrap();
+    assert!(!tuning::wants_reference(&prepared, &pinned));
+
+    let over: Params = "2000w.jpg".parse().unwrap();
+    let prepared = pipeline::prepare(&source, &over, &limits).unwrap();
+    assert!(u64::from(prepared.width) * u64::from(prepared.height) > tuning::MAX_SCORED_PIXELS);
+    assert!(!tuning::wants_reference(&prepared, &over));
+    // Even handed a reference, the search does not run.
+    let choice =
+        tuning::encode_best(&prepared, Some(&prepared), &over, &TuningConfig::default()).unwrap();
+    assert_eq!(choice.method, "too-large");
+    assert_eq!((choice.quality, choice.encodes), (DEFAULT_QUALITY, 1));
+    assert_eq!(choice.score, None);
+    assert_eq!(&choice.bytes[..2], &[0xFF, 0xD8]);
+}
