@@ -393,11 +393,15 @@ pub fn needed_ranges_with(
         }
     }
     ranges.push(kept_from..layout.eoi_end);
-    ranges.retain(|r| !r.is_empty());
-    ranges
+    // Out of order or out of bounds means the parse went wrong: decode the original.
+    if !ranges
         .iter()
         .all(|r| r.start <= r.end && r.end <= jpeg.len())
-        .then_some(ranges)
+    {
+        return None;
+    }
+    ranges.retain(|r| !r.is_empty());
+    Some(ranges)
 }
 
 #[cfg(test)]
