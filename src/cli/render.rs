@@ -138,6 +138,13 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let source = read_source(input, limits.max_bytes)?;
     let source: &[u8] = &source;
     let profile = Profile::from(args.profile);
+    // `--tune` runs the worker's encode, with the worker's settings (EDGETHUMB_TARGET_SCORE
+    // etc. apply here too), read once rather than in every timed run.
+    let tuning = args
+        .tune
+        .then(|| edgethumb::worker::WorkerConfig::from_env().map(|c| c.tuning))
+        .transpose()
+        .context("worker settings")?;
 
     let mut runs = Vec::with_capacity(args.repeat as usize);
     let mut last = None;
@@ -148,17 +155,8 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}", input.display()))?;
         let prepared_at = Instant::now();
         let encode_spec = prepared.encode_spec(&params, profile);
-        let bytes = if args.tune {
-            // The worker's search: a full-decode reference, only when it will be used.
-            let reference = edgethumb::worker::tuning::wants_reference(&prepared, &params)
-                .then(|| pipeline::prepare_reference(source, &params, &limits))
-                .transpose()
-                .with_context(|| format!("{}", input.display()))?;
-            // The worker's settings, so EDGETHUMB_TARGET_SCORE etc. apply here too.
-            let config = edgethumb::worker::WorkerConfig::from_env()
-                .context("worker settings")?
-                .tuning;
-            edgethumb::worker::tuning::encode_best(&prepared, reference.as_ref(), &params, &config)
+        let bytes = if let Some(tuning) = &tuning {
+            edgethumb::worker::process::encode_prepared(source, &prepared, &params, &limits, tuning)
                 .with_context(|| format!("{}", input.display()))?
                 .bytes
         } else {
@@ -242,14 +240,17 @@ impl std::ops::Deref for SourceBytes {
 /// special file) is read.
 fn read_source(path: &std::path::Path, max_bytes: u64) -> anyhow::Result<SourceBytes> {
     let cannot_read = || format!("cannot read {}", path.display());
+    let too_big = |actual: u64| {
+        Err(pipeline::PipelineError::TooManyBytes {
+            actual,
+            limit: max_bytes,
+        })
+        .with_context(|| format!("{}", path.display()))
+    };
     let file = std::fs::File::open(path).with_context(cannot_read)?;
     let meta = file.metadata().with_context(cannot_read)?;
     if meta.len() > max_bytes {
-        return Err(pipeline::PipelineError::TooManyBytes {
-            actual: meta.len(),
-            limit: max_bytes,
-        })
-        .with_context(|| format!("{}", path.display()));
+        return too_big(meta.len());
     }
     if meta.is_file() && meta.len() >= MAP_AT_BYTES {
         // SAFETY: a read-only private mapping of a regular file; see above for what a
@@ -267,11 +268,7 @@ fn read_source(path: &std::path::Path, max_bytes: u64) -> anyhow::Result<SourceB
     )
     .with_context(cannot_read)?;
     if bytes.len() as u64 > max_bytes {
-        return Err(pipeline::PipelineError::TooManyBytes {
-            actual: bytes.len() as u64,
-            limit: max_bytes,
-        })
-        .with_context(|| format!("{}", path.display()));
+        return too_big(bytes.len() as u64);
     }
     Ok(SourceBytes::Read(bytes))
 }

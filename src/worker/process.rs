@@ -331,7 +331,7 @@ async fn render_blocking(
     }
 }
 
-/// The synchronous render shared by the worker and `edgethumb render --tune`.
+/// The synchronous render of the worker.
 pub fn render_sync(
     source: &[u8],
     params: &Params,
@@ -339,13 +339,26 @@ pub fn render_sync(
     tuning: &tuning::TuningConfig,
 ) -> Result<Choice, RenderFailure> {
     let prepared = pipeline::prepare(source, params, limits)?;
-    let reference = if tuning::wants_reference(&prepared, params) {
+    encode_prepared(source, &prepared, params, limits, tuning)
+}
+
+/// The worker's encode of `prepared` (made from `source`): a reference only when the
+/// quality search will use it, then the `best` encode. Shared with `edgethumb render
+/// --tune`, which times the preparation separately.
+pub fn encode_prepared(
+    source: &[u8],
+    prepared: &pipeline::Prepared,
+    params: &Params,
+    limits: &pipeline::Limits,
+    tuning: &tuning::TuningConfig,
+) -> Result<Choice, RenderFailure> {
+    let reference = if tuning::wants_reference(prepared, params) {
         Some(pipeline::prepare_reference(source, params, limits)?)
     } else {
         None
     };
     Ok(tuning::encode_best(
-        &prepared,
+        prepared,
         reference.as_ref(),
         params,
         tuning,
