@@ -445,6 +445,31 @@ fn animated_gif_gives_first_frame() {
 }
 
 #[test]
+fn gif_frames_off_the_screen_are_clipped() {
+    // Half of the frame sticks out on the right: its left half is drawn, the rest of the
+    // screen stays transparent.
+    let out = render(&gif_with_frame_at(40, 20, 40, 20, 20, 0), "40w");
+    let img = decode(&out.bytes);
+    assert_eq!(img.dimensions(), (40, 20));
+    assert_eq!(
+        img.get_pixel(5, 10)[3],
+        0,
+        "uncovered screen is transparent"
+    );
+    assert_eq!(img.get_pixel(35, 10).0, [255, 0, 0, 255], "frame drawn");
+    // Wholly right of, or below, the screen: nothing is drawn (this panicked once).
+    for (left, top) in [(50, 15), (41, 19), (40, 0), (0, 25), (60, 60)] {
+        let out = render(&gif_with_frame_at(40, 20, 30, 10, left, top), "40w");
+        let img = decode(&out.bytes);
+        assert_eq!(img.dimensions(), (40, 20));
+        assert!(
+            img.pixels().all(|p| p[3] == 0),
+            "frame at ({left}, {top}) is off the screen"
+        );
+    }
+}
+
+#[test]
 fn webp_sources_lossy_and_alpha() {
     let (w, h) = (640u32, 480u32);
     let src = webp(w, h, &marked_rgb(w, h), false);

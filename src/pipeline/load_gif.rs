@@ -40,12 +40,16 @@ pub fn load(data: &[u8], limits: &Limits) -> Result<ImageState, PipelineError> {
     let (w, h) = (width as usize, height as usize);
     let mut canvas = vec![0u8; w * h * 4];
     let mut opaque = true;
-    // Frames may stick out of the logical screen; clip them as browsers do.
-    for y in 0..fh.min(h.saturating_sub(top)) {
-        let src = &frame.buffer[y * fw * 4..(y + 1) * fw * 4];
-        let cols = fw.min(w.saturating_sub(left));
-        let dst_start = ((top + y) * w + left) * 4;
-        canvas[dst_start..dst_start + cols * 4].copy_from_slice(&src[..cols * 4]);
+    // Frames may stick out of the logical screen, or lie wholly outside it; clip them as
+    // browsers do (nothing of such a frame is drawn).
+    let cols = fw.min(w.saturating_sub(left));
+    let rows = fh.min(h.saturating_sub(top));
+    if cols > 0 {
+        for y in 0..rows {
+            let src = &frame.buffer[y * fw * 4..(y + 1) * fw * 4];
+            let dst_start = ((top + y) * w + left) * 4;
+            canvas[dst_start..dst_start + cols * 4].copy_from_slice(&src[..cols * 4]);
+        }
     }
     if fw < w || fh < h || left > 0 || top > 0 {
         opaque = false; // uncovered screen areas are transparent

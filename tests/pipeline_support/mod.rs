@@ -163,6 +163,26 @@ pub fn animated_gif(w: u16, h: u16) -> Vec<u8> {
     out
 }
 
+/// A one-frame GIF on a `w`×`h` logical screen whose red `fw`×`fh` frame sits at
+/// (`left`, `top`), which may put it partly or wholly off the screen.
+pub fn gif_with_frame_at(w: u16, h: u16, fw: u16, fh: u16, left: u16, top: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let palette = [255, 0, 0, 0, 0, 255];
+        let mut enc = gif::Encoder::new(&mut out, w, h, &palette).unwrap();
+        let frame = gif::Frame {
+            width: fw,
+            height: fh,
+            left,
+            top,
+            buffer: std::borrow::Cow::Owned(vec![0u8; fw as usize * fh as usize]),
+            ..gif::Frame::default()
+        };
+        enc.write_frame(&frame).unwrap();
+    }
+    out
+}
+
 /// A lossy WebP from RGB(A) pixels via libwebp's simple API.
 pub fn webp(w: u32, h: u32, pixels: &[u8], alpha: bool) -> Vec<u8> {
     let mut out: *mut u8 = std::ptr::null_mut();
