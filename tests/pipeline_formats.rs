@@ -470,6 +470,78 @@ fn gif_frames_off_the_screen_are_clipped() {
 }
 
 #[test]
+fn animated_webp_gives_first_frame_on_its_canvas() {
+    let red = [255, 0, 0, 255];
+    let blue = [0, 0, 255, 255];
+    // A red first frame over the whole canvas, then a blue one: the thumbnail is red and
+    // opaque, as for a GIF.
+    let src = animated_webp(
+        60,
+        40,
+        &[
+            WebpFrame {
+                left: 0,
+                top: 0,
+                w: 60,
+                h: 40,
+                rgba: red,
+            },
+            WebpFrame {
+                left: 0,
+                top: 0,
+                w: 60,
+                h: 40,
+                rgba: blue,
+            },
+        ],
+    );
+    let out = render(&src, "30w.png");
+    let img = decode(&out.bytes);
+    assert_eq!(img.dimensions(), (30, 20));
+    assert_close(
+        mean_rgb(&img, 0, 0, 30, 20),
+        [255.0, 0.0, 0.0],
+        1.0,
+        "first frame",
+    );
+    assert_eq!(
+        img.get_pixel(15, 10)[3],
+        255,
+        "opaque animation stays opaque"
+    );
+    // A first frame covering only the right half: the left half of the canvas is
+    // transparent; a frame sticking out of the canvas is clipped.
+    let src = animated_webp(
+        40,
+        20,
+        &[WebpFrame {
+            left: 20,
+            top: 10,
+            w: 40,
+            h: 20,
+            rgba: red,
+        }],
+    );
+    let img = decode(&render(&src, "40w.png").bytes);
+    assert_eq!(img.dimensions(), (40, 20));
+    assert_eq!(
+        img.get_pixel(5, 15)[3],
+        0,
+        "uncovered canvas is transparent"
+    );
+    assert_eq!(img.get_pixel(5, 5)[3], 0, "uncovered canvas is transparent");
+    assert_eq!(img.get_pixel(35, 15).0, red, "frame drawn at its offset");
+    // Default output format is WebP, flattened on white for JPEG.
+    let out = render(&src, "40w.jpg");
+    assert_close(
+        mean_rgb(&decode(&out.bytes), 2, 2, 10, 6),
+        [255.0, 255.0, 255.0],
+        3.0,
+        "transparent canvas on white",
+    );
+}
+
+#[test]
 fn webp_sources_lossy_and_alpha() {
     let (w, h) = (640u32, 480u32);
     let src = webp(w, h, &marked_rgb(w, h), false);

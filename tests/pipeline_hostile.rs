@@ -239,3 +239,40 @@ fn unsupported_formats_are_named() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn broken_animated_webp_is_corrupt_or_over_the_limit() {
+    let frame = |w, h| WebpFrame {
+        left: 0,
+        top: 0,
+        w,
+        h,
+        rgba: [0, 128, 0, 255],
+    };
+    let good = animated_webp(64, 48, &[frame(64, 48)]);
+    assert!(prepare(&good).is_ok(), "the sample itself decodes");
+    // Cut inside the frame's bitstream.
+    let mut cut = good[..good.len() - 20].to_vec();
+    let riff_len = (cut.len() - 8) as u32;
+    cut[4..8].copy_from_slice(&riff_len.to_le_bytes());
+    assert_corrupt(prepare(&cut), "truncated animation");
+    // The ANMF header claims a bigger frame than its bitstream holds.
+    let mut lying = good.clone();
+    let anmf = lying.windows(4).position(|w| w == b"ANMF").unwrap();
+    lying[anmf + 8 + 6] = 99; // width - 1, low byte
+    assert_corrupt(prepare(&lying), "frame size mismatch");
+    // No frame at all.
+    let empty = animated_webp(64, 48, &[]);
+    assert_corrupt(prepare(&empty), "animation without frames");
+    // A canvas over the pixel limit is refused from the header, before any decoding.
+    let mut huge = good.clone();
+    let vp8x = huge.windows(4).position(|w| w == b"VP8X").unwrap();
+    // 20000 x 20000: under libwebp's own 2^32 area limit, over our 100 MP.
+    huge[vp8x + 8 + 4..vp8x + 8 + 10].copy_from_slice(&[0x1F, 0x4E, 0, 0x1F, 0x4E, 0]);
+    match prepare(&huge) {
+        Err(PipelineError::TooManyPixels { width, height, .. }) => {
+            assert_eq!((width, height), (20_000, 20_000));
+        }
+        other => panic!("{other:?}"),
+    }
+}

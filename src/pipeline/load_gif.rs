@@ -1,12 +1,11 @@
-//! GIF loading: the first frame, composited onto the logical screen (transparent
-//! background), as a thumbnail of an animation shows its first frame.
+//! GIF loading: the first frame on the logical screen (see `first_frame`).
 
 use std::io::Cursor;
 use std::num::NonZeroU64;
 
-use super::image::{ImageState, Layout};
+use super::image::ImageState;
 use super::load::check_pixels;
-use super::{Limits, PipelineError};
+use super::{Limits, PipelineError, first_frame};
 
 const FORMAT: &str = "GIF";
 
@@ -32,42 +31,16 @@ pub fn load(data: &[u8], limits: &Limits) -> Result<ImageState, PipelineError> {
         .map_err(corrupt)?
         .ok_or_else(|| corrupt("no image frame"))?;
 
-    let (fw, fh) = (frame.width as usize, frame.height as usize);
-    let (left, top) = (frame.left as usize, frame.top as usize);
-    if frame.buffer.len() < fw * fh * 4 {
+    if frame.buffer.len() < frame.width as usize * frame.height as usize * 4 {
         return Err(corrupt("short frame"));
     }
-    let (w, h) = (width as usize, height as usize);
-    let mut canvas = vec![0u8; w * h * 4];
-    let mut opaque = true;
-    // Frames may stick out of the logical screen, or lie wholly outside it; clip them as
-    // browsers do (nothing of such a frame is drawn).
-    let cols = fw.min(w.saturating_sub(left));
-    let rows = fh.min(h.saturating_sub(top));
-    if cols > 0 {
-        for y in 0..rows {
-            let src = &frame.buffer[y * fw * 4..(y + 1) * fw * 4];
-            let dst_start = ((top + y) * w + left) * 4;
-            canvas[dst_start..dst_start + cols * 4].copy_from_slice(&src[..cols * 4]);
-        }
-    }
-    if fw < w || fh < h || left > 0 || top > 0 {
-        opaque = false; // uncovered screen areas are transparent
-    }
-    if opaque {
-        opaque = canvas.chunks_exact(4).all(|p| p[3] == 255);
-    }
-    // Most GIFs have no transparency; dropping the alpha channel then keeps PNG/WebP
-    // outputs opaque and smaller.
-    let (layout, pixels) = if opaque {
-        let rgb = canvas
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect();
-        (Layout::Rgb8, rgb)
-    } else {
-        (Layout::Rgba8, canvas)
-    };
+    let (layout, pixels) = first_frame::compose(
+        width,
+        height,
+        &frame.buffer,
+        (frame.width as u32, frame.height as u32),
+        (frame.left as u32, frame.top as u32),
+    );
     Ok(ImageState {
         width,
         height,

@@ -1,4 +1,4 @@
-//! WebP loading (lossy, lossless, alpha) through libwebp's advanced decoding API.
+//! WebP loading (lossy, lossless, alpha; an animation's first frame) through libwebp.
 //!
 //! libwebp can rescale while decoding (`use_scaling`): rows are averaged down as they are
 //! produced, so a 17 MP WebP for a thumbnail needs a buffer of about twice the target
@@ -8,7 +8,7 @@ use libwebp_sys as webp;
 
 use super::image::{ImageState, Layout};
 use super::load::check_pixels;
-use super::{Limits, PipelineError, exif};
+use super::{Limits, PipelineError, exif, first_frame};
 
 const FORMAT: &str = "WebP";
 
@@ -25,27 +25,136 @@ struct Container {
     icc: Option<Vec<u8>>,
     exif: Option<Vec<u8>>,
     animated: bool,
+    /// The canvas of an extended-format file (VP8X), which animation frames are drawn on.
+    canvas: Option<(u32, u32)>,
+    first_frame: Option<AnimationFrame>,
 }
 
-/// Walk the RIFF chunks for ICCP, EXIF and ANIM (libwebp's decoder ignores them).
+/// The first ANMF chunk of an animation.
+#[derive(Debug, Clone)]
+struct AnimationFrame {
+    left: u32,
+    top: u32,
+    width: u32,
+    height: u32,
+    /// The frame's own chunks (an optional ALPH, then VP8 or VP8L), which libwebp decodes
+    /// as they are.
+    data: std::ops::Range<usize>,
+}
+
+/// A 24-bit little-endian field of the WebP container.
+fn u24(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0])
+}
+
+/// Walk the RIFF chunks for ICCP, EXIF, the canvas and the first animation frame (libwebp's
+/// still-image decoder ignores them).
 fn read_container(data: &[u8]) -> Container {
     let mut out = Container::default();
     let mut pos = 12usize;
     while let Some(head) = data.get(pos..pos + 8) {
         let fourcc = &head[0..4];
         let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-        let Some(body) = data.get(pos + 8..(pos + 8).saturating_add(len)) else {
+        let body_start = pos + 8;
+        let Some(body) = data.get(body_start..body_start.saturating_add(len)) else {
             break;
         };
         match fourcc {
             b"ICCP" => out.icc = Some(body.to_vec()),
             b"EXIF" => out.exif = Some(body.to_vec()),
-            b"ANIM" | b"ANMF" => out.animated = true,
+            b"VP8X" if body.len() >= 10 => {
+                out.canvas = Some((u24(&body[4..7]) + 1, u24(&body[7..10]) + 1));
+            }
+            b"ANIM" => out.animated = true,
+            b"ANMF" => {
+                out.animated = true;
+                if out.first_frame.is_none() && body.len() > 16 {
+                    out.first_frame = Some(AnimationFrame {
+                        left: u24(&body[0..3]) * 2,
+                        top: u24(&body[3..6]) * 2,
+                        width: u24(&body[6..9]) + 1,
+                        height: u24(&body[9..12]) + 1,
+                        data: body_start + 16..body_start + len,
+                    });
+                }
+            }
             _ => {}
         }
-        pos = pos + 8 + len + (len & 1);
+        pos = body_start + len + (len & 1);
     }
     out
+}
+
+/// An animated WebP's thumbnail is its first frame on the canvas (see `first_frame`).
+fn load_first_frame(
+    data: &[u8],
+    container: Container,
+    limits: &Limits,
+) -> Result<ImageState, PipelineError> {
+    let (width, height) = container
+        .canvas
+        .ok_or_else(|| corrupt("animation without a canvas (VP8X) chunk"))?;
+    check_pixels(width, height, limits)?;
+    let frame = container
+        .first_frame
+        .ok_or_else(|| corrupt("animation without a frame"))?;
+    check_pixels(frame.width, frame.height, limits)?;
+    let bitstream = data
+        .get(frame.data.clone())
+        .ok_or_else(|| corrupt("truncated animation frame"))?;
+    let (mut fw, mut fh) = (0i32, 0i32);
+    // SAFETY: bitstream is a valid slice; libwebp only writes the two dimensions.
+    if unsafe { webp::WebPGetInfo(bitstream.as_ptr(), bitstream.len(), &mut fw, &mut fh) } == 0 {
+        return Err(corrupt("undecodable animation frame"));
+    }
+    if (fw.max(0) as u32, fh.max(0) as u32) != (frame.width, frame.height) {
+        return Err(corrupt(format!(
+            "animation frame is {fw}x{fh}, its header says {}x{}",
+            frame.width, frame.height
+        )));
+    }
+    let stride = frame.width as usize * 4;
+    let size = stride * frame.height as usize;
+    let mut rgba = Vec::new();
+    rgba.try_reserve_exact(size)
+        .map_err(|_| corrupt("cannot allocate the frame buffer"))?;
+    rgba.resize(size, 0);
+    // SAFETY: rgba holds exactly frame.height rows of `stride` bytes, the size libwebp was
+    // told; it returns NULL instead of writing past it.
+    let decoded = unsafe {
+        webp::WebPDecodeRGBAInto(
+            bitstream.as_ptr(),
+            bitstream.len(),
+            rgba.as_mut_ptr(),
+            size,
+            stride as i32,
+        )
+    };
+    if decoded.is_null() {
+        return Err(corrupt("undecodable animation frame"));
+    }
+    let (layout, pixels) = first_frame::compose(
+        width,
+        height,
+        &rgba,
+        (frame.width, frame.height),
+        (frame.left, frame.top),
+    );
+    let orientation = container
+        .exif
+        .as_deref()
+        .map_or(1, |e| exif::orientation(exif::strip_exif_header(e)));
+    Ok(ImageState {
+        width,
+        height,
+        layout,
+        data: pixels,
+        full_size: (width, height),
+        content: [0.0, 0.0, width as f64, height as f64],
+        orientation,
+        icc: container.icc,
+        cmyk_inverted: false,
+    })
 }
 
 fn status_text(status: webp::VP8StatusCode) -> &'static str {
@@ -76,9 +185,7 @@ pub fn load(
     }
     let container = read_container(data);
     if config.input.has_animation != 0 || container.animated {
-        return Err(PipelineError::UnsupportedFormat(
-            "animated WebP".to_string(),
-        ));
+        return load_first_frame(data, container, limits);
     }
     let (width, height) = (
         config.input.width.max(0) as u32,

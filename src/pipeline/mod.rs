@@ -17,6 +17,7 @@ mod encode_jpeg;
 mod encode_png;
 mod encode_webp;
 mod exif;
+mod first_frame;
 mod image;
 mod libjpeg;
 mod load;

@@ -183,6 +183,74 @@ pub fn gif_with_frame_at(w: u16, h: u16, fw: u16, fh: u16, left: u16, top: u16) 
     out
 }
 
+/// One frame of [`animated_webp`]: a solid colour `w`×`h` at (`left`, `top`) (even).
+pub struct WebpFrame {
+    pub left: u32,
+    pub top: u32,
+    pub w: u32,
+    pub h: u32,
+    pub rgba: [u8; 4],
+}
+
+fn riff_chunk(out: &mut Vec<u8>, fourcc: &[u8; 4], body: &[u8]) {
+    out.extend_from_slice(fourcc);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+    if body.len() % 2 == 1 {
+        out.push(0);
+    }
+}
+
+fn u24(v: u32) -> [u8; 3] {
+    let b = v.to_le_bytes();
+    [b[0], b[1], b[2]]
+}
+
+/// An animated WebP on a `w`×`h` canvas, assembled chunk by chunk as the container spec
+/// lays it out (VP8X, ANIM, one ANMF per frame), each frame's VP8L bitstream from libwebp.
+pub fn animated_webp(w: u32, h: u32, frames: &[WebpFrame]) -> Vec<u8> {
+    let mut chunks = Vec::new();
+    let mut vp8x = vec![0x02 | 0x10, 0, 0, 0]; // animation, alpha
+    vp8x.extend_from_slice(&u24(w - 1));
+    vp8x.extend_from_slice(&u24(h - 1));
+    riff_chunk(&mut chunks, b"VP8X", &vp8x);
+    riff_chunk(&mut chunks, b"ANIM", &[0, 0, 0, 0, 0, 0]);
+    for f in frames {
+        let pixels = f.rgba.repeat((f.w * f.h) as usize);
+        let mut out: *mut u8 = std::ptr::null_mut();
+        // SAFETY: pixels has f.h rows of 4 * f.w bytes; libwebp mallocs `out`.
+        let len = unsafe {
+            libwebp_sys::WebPEncodeLosslessRGBA(
+                pixels.as_ptr(),
+                f.w as i32,
+                f.h as i32,
+                f.w as i32 * 4,
+                &mut out,
+            )
+        };
+        assert!(len > 0 && !out.is_null());
+        // SAFETY: libwebp returned `len` bytes at `out`, freed with WebPFree.
+        let still = unsafe { std::slice::from_raw_parts(out, len).to_vec() };
+        unsafe { libwebp_sys::WebPFree(out.cast()) };
+        // A simple-format lossless file: RIFF header, then one VP8L chunk.
+        assert_eq!(&still[12..16], b"VP8L");
+        let mut anmf = Vec::new();
+        anmf.extend_from_slice(&u24(f.left / 2));
+        anmf.extend_from_slice(&u24(f.top / 2));
+        anmf.extend_from_slice(&u24(f.w - 1));
+        anmf.extend_from_slice(&u24(f.h - 1));
+        anmf.extend_from_slice(&u24(100)); // duration, ms
+        anmf.push(0);
+        anmf.extend_from_slice(&still[12..]);
+        riff_chunk(&mut chunks, b"ANMF", &anmf);
+    }
+    let mut file = b"RIFF".to_vec();
+    file.extend_from_slice(&(chunks.len() as u32 + 4).to_le_bytes());
+    file.extend_from_slice(b"WEBP");
+    file.extend_from_slice(&chunks);
+    file
+}
+
 /// A lossy WebP from RGB(A) pixels via libwebp's simple API.
 pub fn webp(w: u32, h: u32, pixels: &[u8], alpha: bool) -> Vec<u8> {
     let mut out: *mut u8 = std::ptr::null_mut();
