@@ -433,15 +433,23 @@ fn animated_gif_gives_first_frame() {
     let src = animated_gif(60, 40);
     let out = render(&src, "30w");
     assert_eq!(magic(&out.bytes), "png", "GIF sources default to PNG");
-    let img = decode(&out.bytes);
+    assert_red_30x20_first_frame(&decode(&out.bytes));
+}
+
+/// The first frame of `animated_gif(60, 40)` or its WebP twin at 30 px: red and opaque.
+fn assert_red_30x20_first_frame(img: &image::RgbaImage) {
     assert_eq!(img.dimensions(), (30, 20));
     assert_close(
-        mean_rgb(&img, 0, 0, 30, 20),
+        mean_rgb(img, 0, 0, 30, 20),
         [255.0, 0.0, 0.0],
         1.0,
         "first frame",
     );
-    assert_eq!(img.get_pixel(15, 10)[3], 255, "opaque GIF stays opaque");
+    assert_eq!(
+        img.get_pixel(15, 10)[3],
+        255,
+        "opaque animation stays opaque"
+    );
 }
 
 #[test]
@@ -496,19 +504,7 @@ fn animated_webp_gives_first_frame_on_its_canvas() {
         ],
     );
     let out = render(&src, "30w.png");
-    let img = decode(&out.bytes);
-    assert_eq!(img.dimensions(), (30, 20));
-    assert_close(
-        mean_rgb(&img, 0, 0, 30, 20),
-        [255.0, 0.0, 0.0],
-        1.0,
-        "first frame",
-    );
-    assert_eq!(
-        img.get_pixel(15, 10)[3],
-        255,
-        "opaque animation stays opaque"
-    );
+    assert_red_30x20_first_frame(&decode(&out.bytes));
     // A first frame covering only the right half: the left half of the canvas is
     // transparent; a frame sticking out of the canvas is clipped.
     let src = animated_webp(

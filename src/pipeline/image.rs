@@ -77,6 +77,31 @@ pub struct ImageState {
     pub cmyk_inverted: bool,
 }
 
+impl ImageState {
+    /// A whole, unscaled decode (no shrink-on-load padding, no Adobe CMYK), as the GIF and
+    /// animated WebP loaders produce.
+    pub fn whole(
+        width: u32,
+        height: u32,
+        layout: Layout,
+        data: Vec<u8>,
+        orientation: u8,
+        icc: Option<Vec<u8>>,
+    ) -> ImageState {
+        ImageState {
+            width,
+            height,
+            layout,
+            data,
+            full_size: (width, height),
+            content: [0.0, 0.0, width as f64, height as f64],
+            orientation,
+            icc,
+            cmyk_inverted: false,
+        }
+    }
+}
+
 /// Size of the displayed image for a stored size and EXIF orientation (5–8 swap the sides).
 pub fn oriented_size(width: u32, height: u32, orientation: u8) -> (u32, u32) {
     if (5..=8).contains(&orientation) {

@@ -41,15 +41,5 @@ pub fn load(data: &[u8], limits: &Limits) -> Result<ImageState, PipelineError> {
         (frame.width as u32, frame.height as u32),
         (frame.left as u32, frame.top as u32),
     );
-    Ok(ImageState {
-        width,
-        height,
-        layout,
-        data: pixels,
-        full_size: (width, height),
-        content: [0.0, 0.0, width as f64, height as f64],
-        orientation: 1,
-        icc: None,
-        cmyk_inverted: false,
-    })
+    Ok(ImageState::whole(width, height, layout, pixels, 1, None))
 }

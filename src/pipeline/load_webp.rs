@@ -30,6 +30,15 @@ struct Container {
     first_frame: Option<AnimationFrame>,
 }
 
+impl Container {
+    /// The EXIF orientation, 1 without an EXIF chunk.
+    fn orientation(&self) -> u8 {
+        self.exif
+            .as_deref()
+            .map_or(1, |e| exif::orientation(exif::strip_exif_header(e)))
+    }
+}
+
 /// The first ANMF chunk of an animation.
 #[derive(Debug, Clone)]
 struct AnimationFrame {
@@ -91,6 +100,7 @@ fn load_first_frame(
     container: Container,
     limits: &Limits,
 ) -> Result<ImageState, PipelineError> {
+    let orientation = container.orientation();
     let (width, height) = container
         .canvas
         .ok_or_else(|| corrupt("animation without a canvas (VP8X) chunk"))?;
@@ -140,21 +150,14 @@ fn load_first_frame(
         (frame.width, frame.height),
         (frame.left, frame.top),
     );
-    let orientation = container
-        .exif
-        .as_deref()
-        .map_or(1, |e| exif::orientation(exif::strip_exif_header(e)));
-    Ok(ImageState {
+    Ok(ImageState::whole(
         width,
         height,
         layout,
-        data: pixels,
-        full_size: (width, height),
-        content: [0.0, 0.0, width as f64, height as f64],
+        pixels,
         orientation,
-        icc: container.icc,
-        cmyk_inverted: false,
-    })
+        container.icc,
+    ))
 }
 
 fn status_text(status: webp::VP8StatusCode) -> &'static str {
@@ -192,10 +195,7 @@ pub fn load(
         config.input.height.max(0) as u32,
     );
     check_pixels(width, height, limits)?;
-    let orientation = container
-        .exif
-        .as_deref()
-        .map_or(1, |e| exif::orientation(exif::strip_exif_header(e)));
+    let orientation = container.orientation();
 
     let (out_w, out_h) = match floor(width, height, orientation) {
         Some((fw, fh)) => {
