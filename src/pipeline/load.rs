@@ -70,6 +70,20 @@ pub fn check_bytes(data: &[u8], limits: &Limits) -> Result<(), PipelineError> {
     Ok(())
 }
 
+/// A zeroed decode buffer of `len` bytes, or a typed error naming `format` when the
+/// allocation fails (the pixel limit bounds `len`, but a small Lambda may still not have it).
+pub fn decode_buffer(len: usize, format: &'static str) -> Result<Vec<u8>, PipelineError> {
+    let mut buffer = Vec::new();
+    buffer
+        .try_reserve_exact(len)
+        .map_err(|_| PipelineError::Corrupt {
+            format,
+            reason: "cannot allocate the decode buffer".into(),
+        })?;
+    buffer.resize(len, 0);
+    Ok(buffer)
+}
+
 /// Refuse a source whose header claims more pixels than allowed, before any allocation.
 pub fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), PipelineError> {
     let pixels = width as u64 * height as u64;

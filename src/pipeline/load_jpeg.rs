@@ -311,10 +311,7 @@ fn decode(
             return Ok((state(out_w, out_h, data, whole), Stage::Resized));
         }
         let row_bytes = w as usize * channels;
-        let mut data = Vec::new();
-        data.try_reserve_exact(row_bytes * h as usize)
-            .map_err(|_| corrupt("cannot allocate the decode buffer"))?;
-        data.resize(row_bytes * h as usize, 0);
+        let mut data = super::load::decode_buffer(row_bytes * h as usize, FORMAT)?;
         while cinfo.output_scanline < h {
             let first = cinfo.output_scanline as usize * row_bytes;
             let end = (first + ROWS_PER_READ * row_bytes).min(data.len());

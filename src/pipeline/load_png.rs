@@ -104,11 +104,7 @@ pub fn load(
         let (data, out_w, out_h) = rows.finish()?;
         return Ok((state(out_w, out_h, data), Stage::Resized));
     }
-    let mut pixels = Vec::new();
-    pixels
-        .try_reserve_exact(size)
-        .map_err(|_| corrupt("cannot allocate the decode buffer"))?;
-    pixels.resize(size, 0);
+    let mut pixels = super::load::decode_buffer(size, FORMAT)?;
     reader.next_frame(&mut pixels).map_err(corrupt)?;
     Ok((state(width, height, pixels), Stage::Decoded))
 }

@@ -7,7 +7,7 @@
 use libwebp_sys as webp;
 
 use super::image::{ImageState, Layout};
-use super::load::check_pixels;
+use super::load::{check_pixels, decode_buffer};
 use super::{Limits, PipelineError, exif, first_frame};
 
 const FORMAT: &str = "WebP";
@@ -40,7 +40,7 @@ impl Container {
 }
 
 /// The first ANMF chunk of an animation.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct AnimationFrame {
     left: u32,
     top: u32,
@@ -125,10 +125,7 @@ fn load_first_frame(
     }
     let stride = frame.width as usize * 4;
     let size = stride * frame.height as usize;
-    let mut rgba = Vec::new();
-    rgba.try_reserve_exact(size)
-        .map_err(|_| corrupt("cannot allocate the frame buffer"))?;
-    rgba.resize(size, 0);
+    let mut rgba = decode_buffer(size, FORMAT)?;
     // SAFETY: rgba holds exactly frame.height rows of `stride` bytes, the size libwebp was
     // told; it returns NULL instead of writing past it.
     let decoded = unsafe {
@@ -220,11 +217,7 @@ pub fn load(
     };
     let stride = out_w as usize * layout.bytes_per_pixel();
     let size = stride * out_h as usize;
-    let mut pixels = Vec::new();
-    pixels
-        .try_reserve_exact(size)
-        .map_err(|_| corrupt("cannot allocate the decode buffer"))?;
-    pixels.resize(size, 0);
+    let mut pixels = decode_buffer(size, FORMAT)?;
 
     if (out_w, out_h) != (width, height) {
         config.options.use_scaling = 1;
