@@ -8,6 +8,7 @@
 //!
 //! Run single-core: `taskset -c 1 cargo run --example scan_filter_bench -- FILE...`
 //! (`RUNS=n` changes the number of timed runs, default 5). Prints a Markdown table.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed unwrap ends the run
 
 use edgethumb::pipeline::jpeg_scans::{Fidelity, strip_unneeded_scans_with};
 use fast_image_resize::images::Image;

@@ -2,6 +2,7 @@
 //!
 //! `cargo run --release --example worker_tune_curve -- IMAGE PARAMS [TARGET]`
 //! (used to choose the tuner's start, step and default target; see docs/worker.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed unwrap ends the run
 
 use std::time::Instant;
 

@@ -209,10 +209,10 @@ validate_deploy() {
 
 # ---- serve page in headless Chromium (owner: serve; see docs/serve.md) ----
 # Debian's chromium (apt, when missing and run as root) and playwright-core (npm ci, cached in
-# the git-ignored tests/browser/node_modules until package-lock.json changes). Exports
+# the git-ignored cli/tests/browser/node_modules until package-lock.json changes). Exports
 # EDGETHUMB_BROWSER_TEST=required so tests/serve_e2e.rs fails instead of skipping.
 setup_browser() {
-  local dir="$ROOT/tests/browser" stamp
+  local dir="$ROOT/cli/tests/browser" stamp
   if [ ! -x /usr/bin/chromium ]; then
     [ "$(id -u)" = 0 ] || die "chromium is missing: apt-get install chromium (needs root)"
     log "installing chromium (apt)"
@@ -224,7 +224,7 @@ setup_browser() {
   command -v npm >/dev/null || die "npm is missing (Node.js >= 20 with npm)"
   stamp="$dir/node_modules/.edgethumb-lock-stamp"
   if [ -f "$stamp" ] && cmp -s "$stamp" "$dir/package-lock.json"; then
-    log "reusing tests/browser/node_modules"
+    log "reusing cli/tests/browser/node_modules"
   else
     log "npm ci in tests/browser"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/browser failed"

@@ -1,5 +1,6 @@
 //! The edge handler over every sample event in `events/`, with in-memory adapters.
 //! (The S3/SQS path is tested end to end through the packaged addon under node.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -364,4 +365,26 @@ async fn large_outputs_never_exceed_the_budget() {
     assert_eq!(statuses[0], "503", "4096² noise cannot fit 200 kB");
     assert_eq!(statuses[3], "200", "512² noise fits once re-encoded");
     assert_eq!(rig.queue.len(), 5, "every miss enqueues, fitted or not");
+}
+
+/// A render past its deadline is a 503 with `Retry-After` and no-store (never a cut-off by
+/// CloudFront), it still enqueues the job, and the time it spent is reported.
+#[tokio::test]
+async fn a_render_past_its_deadline_is_a_503_that_reports_its_time() {
+    let mut config = config("");
+    // Below the configurable minimum (1000 ms) on purpose: every render overruns it.
+    config.render_deadline_ms = 0;
+    let rig = rig_with(config, MemoryQueue::new("q"));
+    put(&rig.store, "big.jpg", jpeg(1600, 1200)).await;
+    let outcome = rig.handler.handle(&miss_for("/big.jpg@1024w.png")).await;
+    let EdgeOutcome::Generated { response, timings } = outcome else {
+        panic!("expected a generated response");
+    };
+    assert_eq!(response.status, "503", "{:?}", response.body);
+    assert_eq!(header(&response, "cache-control"), "no-store");
+    assert!(response.headers.contains_key("retry-after"));
+    let text = response.body.clone().unwrap_or_default();
+    assert!(text.contains("deadline"), "{text}");
+    assert!(timings.render > std::time::Duration::ZERO, "{timings:?}");
+    assert_eq!(rig.queue.len(), 1, "the worker still gets the job");
 }

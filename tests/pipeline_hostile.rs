@@ -1,4 +1,5 @@
 //! Hostile inputs: every one is a typed error (never a panic, hang or unbounded allocation).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
 
 mod pipeline_support;
 
@@ -275,4 +276,43 @@ fn broken_animated_webp_is_corrupt_or_over_the_limit() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A deadline stops a render inside the step that is running: the streamed JPEG and PNG
+/// decodes check it every batch of rows, the step runner before each step. (Counted
+/// deadlines expire after a given number of checks, so this holds on any machine.)
+#[test]
+fn a_deadline_stops_the_render_inside_the_running_step() {
+    use edgethumb::pipeline::Deadline;
+    let (w, h) = (1200, 960);
+    let rgb = gradient_rgb(w, h);
+    let jpeg_src = jpeg(w, h, &rgb, false, None);
+    let png_src = png(w, h, png::ColorType::Rgb, png::BitDepth::Eight, &rgb);
+    let gif_src = animated_gif(600, 400);
+    let big: Params = "1000w.png".parse().unwrap();
+    let step_of = |src: &[u8], checks: u64| match pipeline::prepare_until(
+        src,
+        &big,
+        &Limits::default(),
+        Deadline::after_checks(checks),
+    ) {
+        Err(PipelineError::DeadlineExceeded { step, .. }) => step,
+        other => panic!("{checks} checks: {other:?}"),
+    };
+    // One check passes (the one before the load step); the decode's own checks stop it.
+    assert_eq!(step_of(&jpeg_src, 3), "load", "JPEG rows");
+    assert_eq!(step_of(&png_src, 3), "load", "PNG rows");
+    // Nothing passes: stopped before any work.
+    assert_eq!(step_of(&jpeg_src, 0), "load");
+    // A GIF decodes whole: the check before the next step stops it.
+    assert_eq!(step_of(&gif_src, 1), "resize");
+    // Enough checks: the same render completes.
+    let done = pipeline::prepare_until(
+        &jpeg_src,
+        &big,
+        &Limits::default(),
+        Deadline::after_checks(10_000),
+    )
+    .unwrap();
+    assert_eq!(done.width, 1000);
 }

@@ -2,13 +2,13 @@
 //!
 //! Lambda@Edge runs only Node.js or Python, so `index.mjs` loads this addon, calls [`init`]
 //! once per container (cold start) and [`handle`] per event. All logic is in
-//! `edgethumb::edge`; this file only crosses the FFI boundary, and never lets a panic or an
+//! `edgethumb::edge` (wired to AWS by `edgethumb_aws::edge`); this file only crosses the FFI boundary, and never lets a panic or an
 //! unexpected error cross it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
-use edgethumb::edge::service::{self, EdgeService};
+use edgethumb_aws::edge::{self as service, EdgeService};
 use futures::FutureExt as _;
 use napi::bindgen_prelude::{Error, Result, Status};
 use napi_derive::napi;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use edgethumb::edge::service::{self, EdgeService};
+use edgethumb_aws::edge::{self as service, EdgeService};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 

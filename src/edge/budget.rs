@@ -5,9 +5,7 @@
 //! settings (same dimensions) until it fits, or report that it cannot fit and let the
 //! worker's canonical copy (not bound by the limit) serve the next request.
 
-use std::time::Instant;
-
-use crate::pipeline::{EncodeSpec, PipelineError, Prepared};
+use crate::pipeline::{Deadline, EncodeSpec, PipelineError, Prepared};
 use crate::variant::OutputFormat;
 
 /// Qualities tried, in order, after the requested one failed to fit.
@@ -71,13 +69,14 @@ pub enum BudgetError {
 
 /// Encode `prepared` with the first spec whose response fits: `overhead` is the serialised
 /// response without its body, `budget` the limit for the whole response. Stops trying new
-/// encodes once `deadline` has passed.
+/// encodes once `deadline` has passed: before the first one that is
+/// [`PipelineError::DeadlineExceeded`], after it [`BudgetError::DoesNotFit`].
 pub fn fit(
     prepared: &Prepared,
     requested: EncodeSpec,
     overhead: usize,
     budget: usize,
-    deadline: Instant,
+    deadline: &Deadline,
 ) -> Result<Fitted, BudgetError> {
     let mut smallest = usize::MAX;
     let mut attempts = 0;
@@ -86,7 +85,9 @@ pub fn fit(
     let mut index = 0;
     while index < specs.len() {
         let spec = specs[index];
-        if attempts > 0 && Instant::now() >= deadline {
+        if attempts == 0 {
+            deadline.check("encode")?;
+        } else if deadline.passed() {
             break;
         }
         attempts += 1;

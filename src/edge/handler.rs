@@ -87,6 +87,9 @@ enum MissError {
     Origin(String),
     #[error("{0}")]
     OverBudget(String),
+    /// The render ran out of time or memory: not the request's fault, worth a retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -100,7 +103,7 @@ impl MissError {
             MissError::Unsupported(_) => (415, "Unsupported Media Type"),
             MissError::Undecodable(_) => (422, "Unprocessable Content"),
             MissError::Origin(_) => (502, "Bad Gateway"),
-            MissError::OverBudget(_) => (503, "Service Unavailable"),
+            MissError::OverBudget(_) | MissError::Unavailable(_) => (503, "Service Unavailable"),
             MissError::Internal(_) => (500, "Internal Server Error"),
         }
     }
@@ -114,7 +117,12 @@ impl From<PipelineError> for MissError {
             }
             PipelineError::UnsupportedFormat(_) => MissError::Unsupported(e.to_string()),
             PipelineError::Corrupt { .. } => MissError::Undecodable(e.to_string()),
-            PipelineError::Encode { .. } => MissError::Internal(e.to_string()),
+            PipelineError::OutOfMemory { .. } | PipelineError::DeadlineExceeded { .. } => {
+                MissError::Unavailable(e.to_string())
+            }
+            PipelineError::Encode { .. } | PipelineError::Internal(_) => {
+                MissError::Internal(e.to_string())
+            }
         }
     }
 }
@@ -126,6 +134,28 @@ impl From<StoreError> for MissError {
             StoreError::InvalidKey { .. } => MissError::BadRequest(e.to_string()),
             _ => MissError::Origin(e.to_string()),
         }
+    }
+}
+
+/// How long past the render deadline the handler waits for the render task before it
+/// answers 503 anyway (the pipeline's own deadline checks normally answer first).
+const RENDER_GRACE: Duration = Duration::from_millis(250);
+
+/// Wait for a render task at most `allowed + grace`; past that, a 503 (the task is left to
+/// finish or hit its own deadline check in the background: a blocking thread cannot be
+/// cancelled, but the response must not wait for it).
+async fn await_bounded<T>(
+    task: tokio::task::JoinHandle<Result<T, MissError>>,
+    allowed: Duration,
+    grace: Duration,
+) -> Result<T, MissError> {
+    match tokio::time::timeout(allowed + grace, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(MissError::Internal(format!("render task failed: {join}"))),
+        Err(_) => Err(MissError::Unavailable(format!(
+            "rendering did not finish within its deadline of {} ms",
+            allowed.as_millis()
+        ))),
     }
 }
 
@@ -263,8 +293,11 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
             (result, started.elapsed())
         };
         let render = self.render(original.body.clone(), variant.clone());
-        let ((enqueued, enqueue_time), rendered) = tokio::join!(enqueue, render);
+        let ((enqueued, enqueue_time), (rendered, render_time)) = tokio::join!(enqueue, render);
         timings.enqueue = enqueue_time;
+        // The time spent, whether the render succeeded or not (a 503 after a deadline
+        // should say how long it tried).
+        timings.render = render_time;
         if let Err(error) = enqueued {
             // Still serve the image: the next miss enqueues again.
             warn!(
@@ -274,8 +307,7 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
                 error = error.as_str(),
             );
         }
-        let (fitted, render_time) = rendered?;
-        timings.render = render_time;
+        let fitted = rendered?;
         let mut response = self.image_response(&fitted.bytes, fitted.spec, timings);
         response.body = Some(base64::engine::general_purpose::STANDARD.encode(&fitted.bytes));
         if fitted.attempts > 1 {
@@ -290,15 +322,23 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
         Ok(response)
     }
 
-    /// Decode, resize and encode on the blocking pool, fitting the response budget.
+    /// Decode, resize and encode on the blocking pool, fitting the response budget, within
+    /// the render deadline; returns the time spent either way.
+    ///
+    /// The deadline is checked inside the pipeline (between steps, inside the decode loops)
+    /// and by the encode ladder, and the wait itself is bounded too: a step that cannot be
+    /// interrupted (one whole-image decode or encode) may run on in the background, but
+    /// the answer, a 503 with `Retry-After`, goes out on time.
     async fn render(
         &self,
         source: bytes::Bytes,
         variant: VariantKey,
-    ) -> Result<(budget::Fitted, Duration), MissError> {
+    ) -> (Result<budget::Fitted, MissError>, Duration) {
+        let started = Instant::now();
         let limits = self.config.limits();
         let budget_bytes = self.config.response_budget_bytes;
-        let deadline = Instant::now() + self.config.render_deadline();
+        let allowed = self.config.render_deadline();
+        let deadline = started + allowed;
         // The response without its body: measured with the largest header values we send.
         let overhead = {
             let probe = EncodeSpec {
@@ -318,26 +358,23 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
             r.serialized_len()
         };
         let task = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let prepared = pipeline::prepare(&source, &variant.params, &limits)?;
+            let deadline = pipeline::Deadline::at(deadline);
+            let prepared =
+                pipeline::prepare_until(&source, &variant.params, &limits, deadline.clone())?;
             let spec = EncodeSpec {
                 format: variant.params.output_format(prepared.source_format),
                 quality: variant.params.quality.unwrap_or(DEFAULT_QUALITY),
                 progressive: variant.params.progressive,
                 profile: Profile::Fast,
             };
-            let fitted = budget::fit(&prepared, spec, overhead, budget_bytes, deadline).map_err(
-                |e| match e {
-                    BudgetError::Pipeline(p) => MissError::from(p),
-                    over @ BudgetError::DoesNotFit { .. } => {
-                        MissError::OverBudget(over.to_string())
-                    }
-                },
-            )?;
-            Ok::<_, MissError>((fitted, started.elapsed()))
+            budget::fit(&prepared, spec, overhead, budget_bytes, &deadline).map_err(|e| match e {
+                BudgetError::Pipeline(p) => MissError::from(p),
+                over @ BudgetError::DoesNotFit { .. } => MissError::OverBudget(over.to_string()),
+            })
         });
-        task.await
-            .map_err(|e| MissError::Internal(format!("render task failed: {e}")))?
+        // A little past the deadline: the pipeline's own checks answer first when they can.
+        let result = await_bounded(task, allowed, RENDER_GRACE).await;
+        (result, started.elapsed())
     }
 
     fn image_response(&self, body: &[u8], spec: EncodeSpec, timings: &MissTimings) -> Response {
@@ -373,7 +410,7 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
         let (code, description) = error.status();
         let mut headers = Headers::new();
         header(&mut headers, "Content-Type", "text/plain; charset=utf-8");
-        if let MissError::OverBudget(_) = error {
+        if let MissError::OverBudget(_) | MissError::Unavailable(_) = error {
             header(&mut headers, "Cache-Control", "no-store");
             header(
                 &mut headers,
@@ -411,6 +448,45 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_render_that_outlives_its_deadline_is_answered_503() {
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let task = tokio::task::spawn_blocking(move || {
+            // Stands for one uninterruptible decode or encode.
+            let _ = blocked.recv();
+            Ok::<u8, MissError>(1)
+        });
+        let result = await_bounded(task, Duration::from_millis(20), Duration::from_millis(5)).await;
+        let _ = release.send(());
+        let error = result.unwrap_err();
+        assert!(matches!(error, MissError::Unavailable(_)), "{error}");
+        assert_eq!(error.status().0, 503);
+        let done = tokio::task::spawn_blocking(|| Ok::<u8, MissError>(2));
+        let ok = await_bounded(done, Duration::from_secs(5), Duration::ZERO).await;
+        assert_eq!(ok.unwrap(), 2);
+    }
+
+    #[test]
+    fn errors_not_of_the_inputs_making_are_5xx() {
+        let status = |e: PipelineError| MissError::from(e).status().0;
+        assert_eq!(
+            status(PipelineError::OutOfMemory {
+                what: "JPEG",
+                bytes: 1 << 40
+            }),
+            503
+        );
+        assert_eq!(status(PipelineError::Internal("panic: x".into())), 500);
+        assert_eq!(
+            status(PipelineError::DeadlineExceeded {
+                step: "load",
+                elapsed: Duration::from_millis(5),
+                limit: Duration::from_millis(1),
+            }),
+            503
+        );
+    }
 
     #[test]
     fn keys_are_percent_decoded() {

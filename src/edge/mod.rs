@@ -1,13 +1,11 @@
 //! The CloudFront origin-response logic shared by the Lambda@Edge addon, the regional
 //! `lambda_runtime` binary and `edgethumb serve`.
 
-pub mod aws;
 pub mod budget;
 pub mod cloudfront;
 pub mod config;
 pub mod handler;
 pub mod origin;
-pub mod service;
 
 pub use config::{ConfigError, EdgeConfig};
 pub use handler::{EdgeHandler, EdgeOutcome, MissTimings, OriginStores};

@@ -15,6 +15,12 @@ use lcms2::{Flags, Intent, PixelFormat, Profile, Transform};
 use super::image::{ImageState, Layout};
 
 /// Convert to 8-bit sRGB (16-bit input must have been narrowed by [`narrow_16_to_8`]).
+/// The colour step of [`super::STEPS`].
+pub(crate) fn step(work: &mut super::Work) -> Result<(), super::PipelineError> {
+    to_srgb8(work.image()?);
+    Ok(())
+}
+
 pub fn to_srgb8(image: &mut ImageState) {
     narrow_16_to_8(image);
     let icc = image.icc.take();

@@ -61,8 +61,8 @@ pub fn encode(
     let mut out_len: c_ulong = 0;
     let result = libjpeg::catch(|| {
         let mut err = libjpeg::error_mgr();
-        // SAFETY: zeroed is the documented state before jpeg_create_compress.
         let mut comp = Compressor {
+            // SAFETY: zeroed is the documented state before jpeg_create_compress.
             cinfo: Box::new(unsafe { std::mem::zeroed() }),
         };
         let cinfo = &mut *comp.cinfo;
@@ -139,6 +139,8 @@ pub fn encode(
     }
     match result {
         Ok(Ok(())) => Ok(bytes),
-        Ok(Err(reason)) | Err(reason) => Err(reason),
+        Ok(Err(reason))
+        | Err(libjpeg::Caught::Libjpeg(reason))
+        | Err(libjpeg::Caught::Panic(reason)) => Err(reason),
     }
 }

@@ -71,11 +71,24 @@ pub fn encode(input: &PngInput<'_>, profile: Profile) -> Result<Vec<u8>, String>
     write_chunk(&mut out, b"IEND", &[])?;
 
     if profile == Profile::Best {
-        let mut options = oxipng::Options::from_preset(2);
-        options.strip = oxipng::StripChunks::All;
-        out = oxipng::optimize_from_memory(&out, &options).map_err(|e| e.to_string())?;
+        out = optimise(out)?;
     }
     Ok(out)
+}
+
+/// oxipng's lossless search for the `best` profile.
+#[cfg(feature = "best-png")]
+fn optimise(png: Vec<u8>) -> Result<Vec<u8>, String> {
+    let mut options = oxipng::Options::from_preset(2);
+    options.strip = oxipng::StripChunks::All;
+    oxipng::optimize_from_memory(&png, &options).map_err(|e| e.to_string())
+}
+
+/// Only the worker renders `best`; a build without oxipng (the edge addon) writes the
+/// `fast` file for it too, which is the same image, a few percent larger.
+#[cfg(not(feature = "best-png"))]
+fn optimise(png: Vec<u8>) -> Result<Vec<u8>, String> {
+    Ok(png)
 }
 
 fn write_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) -> Result<(), String> {

@@ -405,6 +405,7 @@ pub fn needed_ranges_with(
 }
 
 #[cfg(test)]
+#[allow(clippy::undocumented_unsafe_blocks)] // test-only libjpeg calls, the same as the loader's
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -923,6 +924,7 @@ mod tests {
             }
             out
         })
+        .map_err(|caught| format!("{caught:?}"))
     }
 
     /// Cut `bytes` into pieces of 0 (empty), 1, 2, 3, 5, 7 and 11 bytes, round and round.

@@ -54,17 +54,27 @@ pub fn scan_limiter() -> Box<ffi::jpeg_progress_mgr> {
     })
 }
 
-/// Run `f`, turning a libjpeg failure (or any other panic) into `Err(message)`.
-pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+/// What unwound out of a [`catch`]ed closure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caught {
+    /// libjpeg reported an error (or a warning we treat as fatal): the data is at fault.
+    Libjpeg(String),
+    /// Any other panic: a bug in our code or a library's, not the data's fault.
+    Panic(String),
+}
+
+/// Run `f`, telling a libjpeg failure from any other panic, so the caller can blame the
+/// input for the first and only for the first.
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         if let Some(failure) = payload.downcast_ref::<LibjpegFailure>() {
-            failure.0.clone()
+            Caught::Libjpeg(failure.0.clone())
         } else if let Some(s) = payload.downcast_ref::<&str>() {
-            format!("internal panic: {s}")
+            Caught::Panic(format!("panic: {s}"))
         } else if let Some(s) = payload.downcast_ref::<String>() {
-            format!("internal panic: {s}")
+            Caught::Panic(format!("panic: {s}"))
         } else {
-            "internal panic".to_string()
+            Caught::Panic("panic".to_string())
         }
     })
 }
@@ -225,5 +235,23 @@ unsafe extern "C-unwind" fn source_skip(
         source.mgr.bytes_in_buffer = 0;
         // SAFETY: same cinfo; fill either loads the next segment or ends in the EOF path.
         unsafe { source_fill(cinfo) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_libjpeg_error_and_our_own_panic_are_told_apart() {
+        let libjpeg =
+            catch(|| -> u8 { resume_unwind(Box::new(LibjpegFailure("bad Huffman".into()))) });
+        assert_eq!(libjpeg.unwrap_err(), Caught::Libjpeg("bad Huffman".into()));
+        let ours = catch(|| -> u8 { panic!("index out of bounds") });
+        match ours.unwrap_err() {
+            Caught::Panic(message) => assert!(message.contains("index out of bounds")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(catch(|| 7).unwrap(), 7);
     }
 }

@@ -5,7 +5,7 @@ use crate::geometry;
 use crate::variant::{OutputFormat, Params};
 
 use super::image::{ImageState, oriented_size};
-use super::{Limits, PipelineError, load_gif, load_jpeg, load_png, load_webp};
+use super::{Deadline, Limits, PipelineError, load_gif, load_jpeg, load_png, load_webp};
 
 /// Shrink-on-load stops once the decoded image would drop below this multiple of the
 /// resize target on either side, so the final Lanczos step always has at least 2× to work
@@ -70,15 +70,16 @@ pub fn check_bytes(data: &[u8], limits: &Limits) -> Result<(), PipelineError> {
     Ok(())
 }
 
-/// A zeroed decode buffer of `len` bytes, or a typed error naming `format` when the
-/// allocation fails (the pixel limit bounds `len`, but a small Lambda may still not have it).
+/// A zeroed decode buffer of `len` bytes, or [`PipelineError::OutOfMemory`] when the
+/// allocation fails: the pixel limit bounds `len`, but a small Lambda may still not have
+/// it, and that is the machine's fault, not the source's (another try may succeed).
 pub fn decode_buffer(len: usize, format: &'static str) -> Result<Vec<u8>, PipelineError> {
     let mut buffer = Vec::new();
     buffer
         .try_reserve_exact(len)
-        .map_err(|_| PipelineError::Corrupt {
-            format,
-            reason: "cannot allocate the decode buffer".into(),
+        .map_err(|_| PipelineError::OutOfMemory {
+            what: format,
+            bytes: len,
         })?;
     buffer.resize(len, 0);
     Ok(buffer)
@@ -140,6 +141,21 @@ pub enum Stage {
     Resized,
 }
 
+/// The load step of [`super::STEPS`]: the image state every later step works on.
+pub(crate) fn step(work: &mut super::Work) -> Result<(), PipelineError> {
+    let (format, image, stage) = load(
+        work.source,
+        work.params,
+        work.limits,
+        work.decode,
+        &work.deadline,
+    )?;
+    work.format = Some(format);
+    work.image = Some(image);
+    work.resized = stage == Stage::Resized;
+    Ok(())
+}
+
 /// Decode `data`; the result's size is the full size or a reduced one (never below
 /// [`shrink_floor`]), or, for JPEG and 8-bit PNG, already the planned output size
 /// ([`Stage::Resized`]).
@@ -148,6 +164,7 @@ pub fn load(
     params: &Params,
     limits: &Limits,
     mode: Decode,
+    deadline: &Deadline,
 ) -> Result<(SourceFormat, ImageState, Stage), PipelineError> {
     check_bytes(data, limits)?;
     let format = sniff(data)?;
@@ -163,10 +180,28 @@ pub fn load(
             limits,
             |hdr| floor(hdr.width, hdr.height, hdr.orientation),
             |hdr| plan(hdr.width, hdr.height, hdr.orientation),
+            deadline,
         )?,
-        SourceFormat::Png => load_png::load(data, limits, plan)?,
+        SourceFormat::Png => load_png::load(data, limits, plan, deadline)?,
         SourceFormat::Webp => decoded(load_webp::load(data, limits, floor)?),
         SourceFormat::Gif => decoded(load_gif::load(data, limits)?),
     };
     Ok((format, image, stage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_the_machine_cannot_give_is_out_of_memory_not_corrupt() {
+        match decode_buffer(isize::MAX as usize, "JPEG") {
+            Err(PipelineError::OutOfMemory { what, bytes }) => {
+                assert_eq!(what, "JPEG");
+                assert_eq!(bytes, isize::MAX as usize);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decode_buffer(12, "PNG").unwrap(), vec![0; 12]);
+    }
 }

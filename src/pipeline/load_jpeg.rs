@@ -13,7 +13,7 @@ use mozjpeg_sys as ffi;
 use super::image::{ImageState, Layout};
 use super::load::Stage;
 use super::resize_rows::RowResizer;
-use super::{Limits, PipelineError, exif, libjpeg, resize};
+use super::{Deadline, Limits, PipelineError, exif, libjpeg, resize};
 use crate::geometry::Plan;
 
 const FORMAT: &str = "JPEG";
@@ -168,6 +168,7 @@ pub fn load(
     limits: &Limits,
     floor: impl FnOnce(&JpegHeader) -> Option<(u32, u32)>,
     plan: impl FnOnce(&JpegHeader) -> Plan,
+    deadline: &Deadline,
 ) -> Result<(ImageState, Stage), PipelineError> {
     let header = read_header(data)?;
     super::load::check_pixels(header.width, header.height, limits)?;
@@ -183,7 +184,7 @@ pub fn load(
         Some(ranges) => ranges.into_iter().filter_map(|r| data.get(r)).collect(),
         None => vec![data],
     };
-    decode(&segments, scale_denom, &header, limits, &plan)
+    decode(&segments, scale_denom, &header, limits, &plan, deadline)
 }
 
 /// Scanlines asked of libjpeg per call (it returns at most one iMCU row's worth anyway).
@@ -226,6 +227,7 @@ fn decode(
     header: &JpegHeader,
     limits: &Limits,
     plan: &Plan,
+    deadline: &Deadline,
 ) -> Result<(ImageState, Stage), PipelineError> {
     // Progressive files keep every DCT coefficient of the full image (2 bytes each); the
     // pixel limit bounds that, and libjpeg refuses to exceed this budget.
@@ -239,8 +241,8 @@ fn decode(
         let mut err = libjpeg::error_mgr();
         let mut progress = libjpeg::scan_limiter();
         let mut source = libjpeg::SegmentSource::new(input);
-        // SAFETY: zeroed is the documented initial state before jpeg_create_decompress.
         let mut dec = Decompressor {
+            // SAFETY: zeroed is the documented initial state before jpeg_create_decompress.
             cinfo: Box::new(unsafe { std::mem::zeroed() }),
         };
         let cinfo = &mut *dec.cinfo;
@@ -302,6 +304,7 @@ fn decode(
         if let Some(mut rows) = RowResizer::new(w, h, layout, &sampling)? {
             let row_bytes = rows.row_bytes();
             while cinfo.output_scanline < h {
+                deadline.check("load")?;
                 let buffer = rows.rows_mut(ROWS_PER_READ);
                 let read = read_rows(cinfo, buffer, row_bytes)?;
                 rows.commit(read)?;
@@ -313,6 +316,7 @@ fn decode(
         let row_bytes = w as usize * channels;
         let mut data = super::load::decode_buffer(row_bytes * h as usize, FORMAT)?;
         while cinfo.output_scanline < h {
+            deadline.check("load")?;
             let first = cinfo.output_scanline as usize * row_bytes;
             let end = (first + ROWS_PER_READ * row_bytes).min(data.len());
             read_rows(cinfo, &mut data[first..end], row_bytes)?;
@@ -323,6 +327,10 @@ fn decode(
     });
     match result {
         Ok(inner) => inner,
-        Err(reason) => Err(corrupt(reason)),
+        // libjpeg's own error: the data is damaged or hostile.
+        Err(libjpeg::Caught::Libjpeg(reason)) => Err(corrupt(reason)),
+        // Anything else that unwound out of the closure (our row resizer included) is a
+        // bug, not the input's fault: retried by the worker, a 500 at the edge.
+        Err(libjpeg::Caught::Panic(reason)) => Err(PipelineError::Internal(reason)),
     }
 }

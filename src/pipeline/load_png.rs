@@ -10,7 +10,7 @@ use std::io::Cursor;
 use super::image::{ImageState, Layout};
 use super::load::{Stage, check_pixels};
 use super::resize_rows::RowResizer;
-use super::{Limits, PipelineError, exif, resize};
+use super::{Deadline, Limits, PipelineError, exif, resize};
 use crate::geometry::Plan;
 
 const FORMAT: &str = "PNG";
@@ -32,6 +32,7 @@ pub fn load(
     data: &[u8],
     limits: &Limits,
     plan: impl FnOnce(u32, u32, u8) -> Plan,
+    deadline: &Deadline,
 ) -> Result<(ImageState, Stage), PipelineError> {
     let mut decoder = png::Decoder::new_with_limits(
         Cursor::new(data),
@@ -94,7 +95,10 @@ pub fn load(
         RowResizer::new(width, height, layout, &sampling)?
     };
     if let Some(mut rows) = streamed {
-        for _ in 0..height {
+        for y in 0..height {
+            if y % super::deadline::ROWS_PER_CHECK == 0 {
+                deadline.check("load")?;
+            }
             let row = rows.rows_mut(1);
             if reader.read_row(row).map_err(corrupt)?.is_none() {
                 return Err(corrupt("image data ended early"));

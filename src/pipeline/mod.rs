@@ -1,10 +1,14 @@
 //! The image pipeline: one step per file, run in a fixed order over one image state.
 //!
-//! load (magic-byte sniffing, header limits, shrink-on-load) → resize (Lanczos3, crop;
-//! 16-bit narrowed first; planned in displayed coordinates, sampled in stored ones) →
-//! orient (EXIF) → colour (ICC/CMYK → 8-bit sRGB) → encode (mozjpeg, libwebp, png/oxipng).
-//! JPEG and 8-bit PNG rows are resized as they are decoded (`resize_rows`), so for those
-//! the load step hands over the resized image.
+//! The order is [`STEPS`], read top to bottom: load (magic-byte sniffing, header limits,
+//! shrink-on-load; JPEG and 8-bit PNG rows resized as they are decoded) → resize (16-bit
+//! narrowed, Lanczos3, crop; planned in displayed coordinates, sampled in stored ones;
+//! skipped when the load step already resized) → orient (EXIF) → colour (ICC/CMYK → 8-bit
+//! sRGB). Encoding (mozjpeg, libwebp, png/oxipng) is separate, because the edge's budget
+//! ladder and the worker's quality search encode one prepared image several times.
+//!
+//! A [`Deadline`] is checked before every step and inside the long decode loops, so a
+//! legal but pathological source stops within a batch of rows of its deadline.
 //!
 //! Everything is synchronous and CPU-bound; async callers use `spawn_blocking`. See
 //! docs/pipeline.md for the design and docs/benchmarks.md for the measurements.
@@ -12,6 +16,7 @@
 pub mod jpeg_scans;
 
 mod colour;
+mod deadline;
 mod encode;
 mod encode_jpeg;
 mod encode_png;
@@ -28,9 +33,11 @@ mod load_webp;
 mod orient;
 mod resize;
 mod resize_rows;
+mod simd_check;
 
 use std::time::{Duration, Instant};
 
+pub use deadline::Deadline;
 pub use load::{SHRINK_MARGIN, SourceFormat};
 
 use crate::variant::{OutputFormat, Params};
@@ -61,7 +68,8 @@ impl Default for Limits {
     }
 }
 
-/// Why a render failed. The edge maps these to HTTP statuses (413, 415, 422, 500).
+/// Why a render failed. The edge maps these to HTTP statuses (413, 415, 422 for the
+/// input's fault; 500 and 503 for ours or the machine's); the worker retries the latter.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("source is {actual} bytes, over the limit of {limit}")]
@@ -85,6 +93,38 @@ pub enum PipelineError {
         format: OutputFormat,
         reason: String,
     },
+    /// Not the input's fault: the machine had no memory for a buffer the limits allow.
+    #[error("out of memory: cannot allocate {bytes} bytes for a {what} buffer")]
+    OutOfMemory { what: &'static str, bytes: usize },
+    /// Not the input's fault: a bug (a panic in our code or a codec's), caught.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The render took longer than its caller allowed.
+    #[error(
+        "rendering stopped in the {step} step after {} ms, past its deadline of {} ms",
+        deadline::ms(*elapsed),
+        deadline::ms(*limit)
+    )]
+    DeadlineExceeded {
+        step: &'static str,
+        elapsed: Duration,
+        limit: Duration,
+    },
+}
+
+impl PipelineError {
+    /// Whether the source itself is at fault (too big, not an image, corrupt): the same
+    /// source fails the same way every time, so retrying is pointless. Everything else
+    /// (an encoder failure, memory, a bug, time) may pass on another try or machine.
+    pub fn is_input_fault(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::TooManyBytes { .. }
+                | PipelineError::TooManyPixels { .. }
+                | PipelineError::UnsupportedFormat(_)
+                | PipelineError::Corrupt { .. }
+        )
+    }
 }
 
 /// A decoded, oriented, colour-converted and resized image, ready to encode (possibly
@@ -170,7 +210,17 @@ pub struct Rendered {
 /// Shrinks on load (JPEG DCT scaling, WebP scaled decoding) down to no less than
 /// [`SHRINK_MARGIN`]× the target, so big sources never exist at full size in memory.
 pub fn prepare(source: &[u8], params: &Params, limits: &Limits) -> Result<Prepared, PipelineError> {
-    prepare_with(source, params, limits, load::Decode::Shrink)
+    prepare_until(source, params, limits, Deadline::none())
+}
+
+/// [`prepare`], stopping with [`PipelineError::DeadlineExceeded`] once `deadline` passes.
+pub fn prepare_until(
+    source: &[u8],
+    params: &Params,
+    limits: &Limits,
+    deadline: Deadline,
+) -> Result<Prepared, PipelineError> {
+    run_steps(source, params, limits, load::Decode::Shrink, deadline)
 }
 
 /// Like [`prepare`], but from a full-resolution decode (no shrink-on-load): the
@@ -181,43 +231,101 @@ pub fn prepare_reference(
     params: &Params,
     limits: &Limits,
 ) -> Result<Prepared, PipelineError> {
-    prepare_with(source, params, limits, load::Decode::Full)
+    run_steps(source, params, limits, load::Decode::Full, Deadline::none())
 }
 
-fn prepare_with(
+/// What every step sees: the request, and the image as the previous step left it.
+pub(crate) struct Work<'a> {
+    pub source: &'a [u8],
+    pub params: &'a Params,
+    pub limits: &'a Limits,
+    pub decode: load::Decode,
+    pub deadline: Deadline,
+    /// Set by the load step.
+    pub format: Option<SourceFormat>,
+    /// `None` until the load step has run.
+    pub image: Option<image::ImageState>,
+    /// The load step resized the rows as they came, so the resize step has nothing to do.
+    pub resized: bool,
+}
+
+impl Work<'_> {
+    /// The image, for the steps after `load` (which always sets it).
+    pub fn image(&mut self) -> Result<&mut image::ImageState, PipelineError> {
+        self.image
+            .as_mut()
+            .ok_or_else(|| PipelineError::Internal("a step ran before the load step".into()))
+    }
+}
+
+/// One step of [`STEPS`].
+pub(crate) struct Step {
+    pub name: &'static str,
+    pub run: fn(&mut Work) -> Result<(), PipelineError>,
+    /// Where its wall time is added.
+    pub timing: fn(&mut StageTimings) -> &mut Duration,
+}
+
+/// The preparation, in order. Each step lives in its own file.
+pub(crate) const STEPS: [Step; 4] = [
+    // Sniff, check the limits, decode no larger than needed (JPEG DCT scaling, WebP scaled
+    // decoding); JPEG and 8-bit PNG rows are resized as they are decoded.
+    Step {
+        name: "load",
+        run: load::step,
+        timing: |t| &mut t.load,
+    },
+    // 16-bit → 8-bit, then Lanczos3 and the crop, sampling the stored buffer for a plan in
+    // displayed coordinates (so orient turns the thumbnail, not the decode).
+    Step {
+        name: "resize",
+        run: resize::step,
+        timing: |t| &mut t.resize,
+    },
+    // EXIF orientation.
+    Step {
+        name: "orient",
+        run: orient::step,
+        timing: |t| &mut t.orient,
+    },
+    // ICC/CMYK → 8-bit sRGB, on the thumbnail (libvips' thumbnail does the same; no
+    // measurable loss, docs/benchmarks.md).
+    Step {
+        name: "colour",
+        run: colour::step,
+        timing: |t| &mut t.colour,
+    },
+];
+
+fn run_steps(
     source: &[u8],
     params: &Params,
     limits: &Limits,
-    mode: load::Decode,
+    decode: load::Decode,
+    deadline: Deadline,
 ) -> Result<Prepared, PipelineError> {
-    let mut timings = StageTimings::default();
-    let mut clock = Instant::now();
-    let mut lap = |slot: &mut Duration| {
-        let now = Instant::now();
-        *slot = now - clock;
-        clock = now;
+    let mut work = Work {
+        source,
+        params,
+        limits,
+        decode,
+        deadline: deadline.clone(),
+        format: None,
+        image: None,
+        resized: false,
     };
-    let (format, mut image, stage) = load::load(source, params, limits, mode)?;
-    lap(&mut timings.load);
-    if stage == load::Stage::Decoded {
-        colour::narrow_16_to_8(&mut image);
-        lap(&mut timings.colour);
-        // Planned on the displayed size; the resize samples the stored buffer, so the
-        // orient step after it turns thumbnail pixels rather than the decode.
-        let (full_w, full_h) = image.full_size;
-        let plan = load::resize_plan(full_w, full_h, image.orientation, params);
-        resize::resize(&mut image, &plan)?;
-        lap(&mut timings.resize);
+    let mut timings = StageTimings::default();
+    for step in &STEPS {
+        deadline.check(step.name)?;
+        let started = Instant::now();
+        (step.run)(&mut work)?;
+        *(step.timing)(&mut timings) += started.elapsed();
     }
-    orient::orient(&mut image);
-    lap(&mut timings.orient);
-    // ICC conversion runs on the thumbnail, not the decode: an 8-bit CMYK transform costs
-    // ~35 ns a pixel, 300 ms on an 8 MP photo but 25 ms at 1024 px. libvips' thumbnail
-    // does the same (shrink in device space, then import/export); SSIMULACRA2 against a
-    // convert-then-resize reference shows no loss (docs/benchmarks.md).
-    colour::to_srgb8(&mut image);
-    let colour_after = Instant::now() - clock;
-    timings.colour += colour_after;
+    let (Some(format), Some(image)) = (work.format, work.image) else {
+        return Err(PipelineError::Internal(
+            "the load step produced no image".into(),
+        ));
+    };
     let gray = image.layout.is_gray();
     let has_alpha = image.layout.has_alpha();
     let pixels = if gray {

@@ -7,6 +7,12 @@
 
 use super::image::{ImageState, displayed_rect, oriented_size};
 
+/// The orient step of [`super::STEPS`].
+pub(crate) fn step(work: &mut super::Work) -> Result<(), super::PipelineError> {
+    orient(work.image()?);
+    Ok(())
+}
+
 pub fn orient(image: &mut ImageState) {
     let orientation = image.orientation;
     image.orientation = 1;

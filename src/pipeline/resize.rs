@@ -107,6 +107,22 @@ fn snap(v: f64) -> f64 {
 /// coordinates; `image` may be a reduced decode of that, still in stored orientation: the
 /// crop is mapped back to the stored buffer and the output keeps the stored orientation,
 /// for the orient step to turn afterwards.
+/// The resize step of [`super::STEPS`]: 16-bit narrowed to 8, then resized and cropped to
+/// the plan; nothing to do when the load step resized the rows as they were decoded.
+pub(crate) fn step(work: &mut super::Work) -> Result<(), PipelineError> {
+    if work.resized {
+        return Ok(());
+    }
+    let params = work.params;
+    let image = work.image()?;
+    super::colour::narrow_16_to_8(image);
+    // Planned on the displayed size; the resize samples the stored buffer, so the orient
+    // step after it turns thumbnail pixels rather than the decode.
+    let (full_w, full_h) = image.full_size;
+    let plan = super::load::resize_plan(full_w, full_h, image.orientation, params);
+    resize(image, &plan)
+}
+
 pub fn resize(image: &mut ImageState, plan: &Plan) -> Result<(), PipelineError> {
     let (w, h) = (image.width, image.height);
     let sampled = sampling(w, h, image.content, image.orientation, plan);

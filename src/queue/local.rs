@@ -256,7 +256,7 @@ impl Inner {
     }
 
     fn sweep_stale_temps(&self) {
-        crate::store::fs::remove_stale_files(&self.dir("tmp"), STALE_TEMP_AGE);
+        crate::local_files::remove_stale_files(&self.dir("tmp"), STALE_TEMP_AGE);
     }
 
     fn names(&self, dir: &str) -> Result<Vec<String>, QueueError> {

@@ -1,12 +1,12 @@
 //! The `JobQueue` port: how render jobs travel from the edge to the worker.
 //!
-//! Adapters: [`sqs`] (AWS SQS) and [`local`] (a durable spool directory, the embedded
-//! default). Both are at-least-once: a received message that is not acked before its
+//! Adapters: `edgethumb_aws::SqsQueue` (AWS SQS), `local` (a durable spool directory, the
+//! embedded default; feature `local`) and [`memory`] (tests). Both are at-least-once: a received message that is not acked before its
 //! visibility timeout comes back.
 
+#[cfg(feature = "local")]
 pub mod local;
 pub mod memory;
-pub mod sqs;
 
 use std::time::Duration;
 
@@ -118,7 +118,7 @@ impl<T: JobQueue + ?Sized> JobQueue for std::sync::Arc<T> {
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Refuse a body over `limit` before it is sent, so the caller gets a clear error rather
 /// than an opaque rejection from the queue.
-pub(crate) fn check_message_size(body: &str, limit: usize) -> Result<(), QueueError> {
+pub fn check_message_size(body: &str, limit: usize) -> Result<(), QueueError> {
     if body.len() > limit {
         return Err(QueueError::MessageTooLarge {
             size: body.len(),
@@ -133,6 +133,6 @@ pub const MAX_BATCH: usize = 10;
 
 /// `receive` takes 1..=10 like SQS; out-of-range values are clamped, not refused, so a
 /// caller's `0` cannot turn into a busy loop that never returns anything.
-pub(crate) fn clamp_receive_max(max: u32) -> usize {
+pub fn clamp_receive_max(max: u32) -> usize {
     (max as usize).clamp(1, MAX_BATCH)
 }

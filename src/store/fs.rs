@@ -431,7 +431,7 @@ impl Inner {
     }
 
     fn sweep_stale_temps(&self) {
-        remove_stale_files(&self.reserved().join("tmp"), STALE_TEMP_AGE);
+        crate::local_files::remove_stale_files(&self.reserved().join("tmp"), STALE_TEMP_AGE);
     }
 
     fn read_sidecar(&self, key: &str) -> Option<Sidecar> {
@@ -859,25 +859,6 @@ impl ObjectStore for FsStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let (inner, key) = (self.inner.clone(), key.to_string());
         blocking(move || inner.delete(&key)).await
-    }
-}
-
-/// Best-effort removal of files in `dir` last modified more than `max_age` ago: temp files a
-/// crashed writer left behind. Errors are ignored; a file that stays is swept next time.
-pub(crate) fn remove_stale_files(dir: &Path, max_age: Duration) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    let now = SystemTime::now();
-    for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .map(|m| now.duration_since(m).unwrap_or_default() > max_age)
-            .unwrap_or(false);
-        if stale {
-            let _ = fs::remove_file(entry.path());
-        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! The `ObjectStore` port: where originals are read and variants written.
 //!
-//! Adapters: [`s3`] (AWS S3, any S3-compatible endpoint) and [`fs`] (a directory, the
-//! embedded default). Handlers are generic over the trait so the very same code runs at
+//! Adapters: `edgethumb_aws::S3Store` (AWS S3, any S3-compatible endpoint), `fs` (a
+//! directory, the embedded default; feature `local`) and [`memory`] (tests). Handlers are generic over the trait so the very same code runs at
 //! the edge, in the worker and in `edgethumb serve`.
 
+#[cfg(feature = "local")]
 pub mod fs;
 pub mod memory;
-pub mod s3;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -150,7 +150,7 @@ pub fn md5_etag(body: &[u8]) -> String {
 }
 
 /// The key rules every adapter shares (S3's own): non-empty, at most 1024 bytes.
-pub(crate) fn check_s3_key(key: &str) -> Result<(), StoreError> {
+pub fn check_s3_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() {
         return Err(StoreError::InvalidKey {
             key: key.to_string(),
@@ -167,7 +167,7 @@ pub(crate) fn check_s3_key(key: &str) -> Result<(), StoreError> {
 }
 
 /// S3's tag limits, checked up front so every adapter refuses the same requests.
-pub(crate) fn check_tags(
+pub fn check_tags(
     bucket: &str,
     key: &str,
     tags: &BTreeMap<String, String>,
@@ -196,6 +196,6 @@ pub(crate) fn check_tags(
 
 /// Page sizes outside S3's 1..=1000 are clamped rather than refused: callers ask for
 /// "a page", and a zero would otherwise loop forever.
-pub(crate) fn clamp_page_size(page_size: u32) -> usize {
+pub fn clamp_page_size(page_size: u32) -> usize {
     page_size.clamp(1, MAX_PAGE_SIZE) as usize
 }

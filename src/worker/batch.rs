@@ -1,7 +1,7 @@
 //! A batch of queue records: parse, de-duplicate, render with bounded parallelism, and
 //! report each record's outcome.
 //!
-//! Shared by the Lambda handler ([`Worker::handle_sqs`], `SqsEvent` → `SqsBatchResponse`)
+//! Shared by the Lambda handler ([`Worker::failed_ids`]; `edgethumb_aws` maps SQS events to it)
 //! and the `edgethumb work` runner. Rules:
 //! - every record gets an outcome; failures (retryable or permanent) are reported so the
 //!   queue redelivers them, and redrive moves the permanent ones to the dead-letter queue
@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -121,35 +120,21 @@ impl<S: BucketStores> Worker<S> {
         &self.config
     }
 
-    /// The Lambda entry: failures (retryable and permanent) become `batchItemFailures`.
+    /// A Lambda batch: process `records` and return the ids of those not done (retryable
+    /// and permanent failures alike), which the Lambda answers as `batchItemFailures` so
+    /// SQS redelivers them and redrive moves the permanent ones to the dead-letter queue.
     ///
     /// `deadline` is the invocation's deadline (from the Lambda context).
-    pub async fn handle_sqs(&self, event: SqsEvent, deadline: Instant) -> SqsBatchResponse {
-        let records: Vec<Record> = event
-            .records
-            .into_iter()
-            .map(|m| Record {
-                receive_count: m
-                    .attributes
-                    .get("ApproximateReceiveCount")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1),
-                // A record without an id cannot be named; an empty identifier makes Lambda
-                // retry the whole batch, which is safe (renders are idempotent).
-                id: m.message_id.unwrap_or_default(),
-                body: m.body.unwrap_or_default(),
-            })
-            .collect();
+    pub async fn failed_ids(&self, records: &[Record], deadline: Instant) -> Vec<String> {
         let outcomes = self
-            .run(&records, Some(deadline), &AtomicBool::new(false))
+            .run(records, Some(deadline), &AtomicBool::new(false))
             .await;
-        let mut response = SqsBatchResponse::default();
-        for (record, outcome) in records.iter().zip(&outcomes) {
-            if !outcome.is_done() {
-                response.add_failure(record.id.clone());
-            }
-        }
-        response
+        records
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| !outcome.is_done())
+            .map(|(record, _)| record.id.clone())
+            .collect()
     }
 
     /// Process `records`; one outcome per record, in order.

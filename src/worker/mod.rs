@@ -3,13 +3,11 @@
 //! - [`tuning`]: the SSIMULACRA2-guided quality search.
 //! - [`process`]: one render (idempotence check, fetch, render, tagged write).
 //! - [`batch`]: a batch of queue records (parse, de-duplicate, bounded parallelism,
-//!   deadline) and the Lambda `SqsEvent` → `SqsBatchResponse` mapping.
+//!   deadline); the ids of the failed records for the Lambda's `batchItemFailures`.
 //! - [`runner`]: the long-poll loop behind `edgethumb work`.
-//! - [`aws`]: S3 stores and settings from the environment (Lambda, `work --queue-url`).
 //!
 //! Behaviour, failure classes and configuration are documented in `docs/worker.md`.
 
-pub mod aws;
 pub mod batch;
 pub mod process;
 pub mod runner;
@@ -82,7 +80,7 @@ impl Default for WorkerConfig {
             cache_control: DEFAULT_CACHE_CONTROL.to_string(),
             tuning: TuningConfig::default(),
             limits: Limits::default(),
-            concurrency: available_cores(),
+            concurrency: crate::host::available_cores(),
             memory_budget_mib: 1024,
             time_reserve: Duration::from_secs(5),
             allowed_buckets: None,
@@ -100,11 +98,6 @@ pub enum ConfigError {
         value: String,
         reason: &'static str,
     },
-}
-
-/// The cores this process may use (cgroup- and affinity-aware via std).
-pub fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl WorkerConfig {

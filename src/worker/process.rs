@@ -81,10 +81,13 @@ impl RenderFailure {
             RenderFailure::NotStarted(_) => true,
             // A panic in a codec repeats on the same input; the DLQ keeps the evidence.
             RenderFailure::Crashed(_) => false,
+            // Memory, a caught bug, a deadline or an encoder failure: not the source's
+            // fault, so another try (perhaps on a fresher container) may succeed; after
+            // `maxReceiveCount` tries redrive keeps it in the DLQ.
+            RenderFailure::Pipeline(p) => !p.is_input_fault(),
             RenderFailure::InvalidJob(_)
             | RenderFailure::BucketNotAllowed(_)
             | RenderFailure::OriginalMissing { .. }
-            | RenderFailure::Pipeline(_)
             | RenderFailure::Metric(_) => false,
         }
     }
@@ -101,6 +104,9 @@ impl RenderFailure {
             RenderFailure::Pipeline(PipelineError::UnsupportedFormat(_))
             | RenderFailure::Pipeline(PipelineError::Corrupt { .. }) => "undecodable",
             RenderFailure::Pipeline(PipelineError::Encode { .. }) => "encode",
+            RenderFailure::Pipeline(PipelineError::OutOfMemory { .. }) => "out-of-memory",
+            RenderFailure::Pipeline(PipelineError::Internal(_)) => "internal",
+            RenderFailure::Pipeline(PipelineError::DeadlineExceeded { .. }) => "deadline",
             RenderFailure::Metric(_) => "metric",
             RenderFailure::Crashed(_) => "crashed",
             RenderFailure::NotStarted(_) => "not-started",

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -360,31 +359,24 @@ async fn duplicates_in_a_batch_render_once_and_share_the_outcome() {
 }
 
 #[tokio::test]
-async fn the_lambda_response_names_exactly_the_failed_records() {
+async fn a_batch_names_exactly_the_failed_records() {
     let store = setup().await;
     put_original(&store, "photos/random.jpg", vec![0xFF, 0xD8, 1, 2, 3, 4, 5]).await;
     let w = worker(store.clone(), config());
-    let message = |id: &str, body: &str| {
-        let mut m = SqsMessage::default();
-        m.message_id = Some(id.into());
-        m.body = Some(body.into());
-        m
+    let record = |id: &str, body: &str| Record {
+        id: id.into(),
+        body: body.into(),
+        receive_count: 1,
     };
-    let mut event = SqsEvent::default();
-    event.records = vec![
-        message("good", &job("photos/cat.jpg@80w")),
-        message("poison", "{not json"),
-        message("newer", r#"{"v":2,"whatever":true}"#),
-        message("missing", &job("photos/nope.jpg@80w")),
-        message("corrupt", &job("photos/random.jpg@80w")),
+    let records = vec![
+        record("good", &job("photos/cat.jpg@80w")),
+        record("poison", "{not json"),
+        record("newer", r#"{"v":2,"whatever":true}"#),
+        record("missing", &job("photos/nope.jpg@80w")),
+        record("corrupt", &job("photos/random.jpg@80w")),
     ];
     let deadline = Instant::now() + Duration::from_secs(60);
-    let response = w.handle_sqs(event, deadline).await;
-    let failed: Vec<&str> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.as_str())
-        .collect();
+    let failed = w.failed_ids(&records, deadline).await;
     assert_eq!(failed, vec!["poison", "newer", "missing", "corrupt"]);
     assert!(
         store
@@ -394,8 +386,6 @@ async fn the_lambda_response_names_exactly_the_failed_records() {
             .unwrap()
             .is_some()
     );
-    let json = serde_json::to_value(&response).unwrap();
-    assert_eq!(json["batchItemFailures"][0]["itemIdentifier"], "poison");
 }
 
 #[tokio::test]
@@ -706,4 +696,50 @@ async fn on_shutdown_in_flight_renders_finish_and_the_rest_is_released() {
         .unwrap();
     assert_eq!(back.len(), 2);
     assert_eq!(store.puts.load(Ordering::SeqCst), 1);
+}
+
+/// The source's fault is permanent (the DLQ keeps it after `maxReceiveCount`); memory, a
+/// caught bug and a deadline are not, so SQS redelivers them.
+#[test]
+fn failures_not_of_the_sources_making_are_retried() {
+    use crate::pipeline::PipelineError;
+    let retry = |e: PipelineError| {
+        let failure = RenderFailure::Pipeline(e);
+        (failure.is_retryable(), failure.kind())
+    };
+    assert_eq!(
+        retry(PipelineError::OutOfMemory {
+            what: "JPEG",
+            bytes: 1 << 40
+        }),
+        (true, "out-of-memory")
+    );
+    assert_eq!(
+        retry(PipelineError::Internal("panic: index out of bounds".into())),
+        (true, "internal")
+    );
+    assert_eq!(
+        retry(PipelineError::DeadlineExceeded {
+            step: "load",
+            elapsed: Duration::from_secs(2),
+            limit: Duration::from_secs(1),
+        }),
+        (true, "deadline")
+    );
+    assert_eq!(
+        retry(PipelineError::Corrupt {
+            format: "JPEG",
+            reason: "bad Huffman code".into()
+        }),
+        (false, "undecodable")
+    );
+    assert_eq!(
+        retry(PipelineError::TooManyPixels {
+            width: 1,
+            height: 1,
+            pixels: 1,
+            limit: 0
+        }),
+        (false, "over-limits")
+    );
 }

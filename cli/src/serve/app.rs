@@ -1,0 +1,621 @@
+//! The HTTP side of `serve`: what CloudFront in front of S3 with the origin-response
+//! trigger would answer.
+//!
+//! A request is first looked up in the store, as CloudFront asks S3. A hit is answered as S3
+//! answers through CloudFront (stored content type, cache-control, ETag, Last-Modified,
+//! conditional requests). A miss becomes a CloudFront origin-response event with S3's 404 and
+//! goes through [`EdgeHandler::handle`], the very code Lambda@Edge runs, so what a developer
+//! sees locally is what the edge does, errors included.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use super::keys::request_key;
+use edgethumb::edge::cloudfront::{
+    self, CfConfig, CfPayload, Event, Origin, Record, Request, S3OriginConfig,
+};
+use edgethumb::edge::{BucketLocation, EdgeConfig, EdgeHandler, EdgeOutcome, OriginStores};
+use edgethumb::queue::JobQueue;
+use edgethumb::store::{Object, ObjectInfo, ObjectStore, StoreError};
+
+/// The `/` page: plain HTML and JS, no build step, compiled into the binary.
+const PAGE_HTML: &str = include_str!("page.html");
+
+/// Largest object served from the store. Objects are read whole (the store port has no
+/// streaming read), so this bounds the memory one request can take.
+pub const MAX_SERVED_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Bounds on the misses rendered at once (about the number of cores).
+const MIN_MISS_RENDERS: usize = 2;
+const MAX_MISS_RENDERS: usize = 16;
+
+/// Originals listed on the page at most; the page is for browsing, not an inventory.
+const MAX_LISTED_ORIGINALS: usize = 2000;
+/// Keys scanned at most when listing, so a huge bucket cannot stall the page.
+const MAX_SCANNED_KEYS: usize = 100_000;
+
+/// Source formats the pipeline decodes; other files in the folder are not offered.
+const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "gif"];
+
+/// `serve` has one bucket: whatever origin the event names, it is this store.
+#[derive(Clone)]
+pub struct SingleOrigin(pub Arc<dyn ObjectStore>);
+
+impl OriginStores for SingleOrigin {
+    fn store_for(&self, _location: &BucketLocation) -> Arc<dyn ObjectStore> {
+        self.0.clone()
+    }
+}
+
+/// Everything a request needs.
+pub struct App {
+    store: Arc<dyn ObjectStore>,
+    handler: EdgeHandler<Arc<dyn JobQueue>, SingleOrigin>,
+    origin: Origin,
+    error_cache_control: String,
+    next_request: AtomicU64,
+    /// Misses rendered at once. Lambda@Edge gives every request its own container; here one
+    /// process shares the machine, so a burst of misses (a page of new thumbnails, or a
+    /// flood) queues instead of holding one decoded original per request in memory.
+    miss_permits: tokio::sync::Semaphore,
+}
+
+impl App {
+    /// `bucket` is the name the jobs carry; it is used as a path-style origin
+    /// (`s3.amazonaws.com` + `/<bucket>`), the one S3 domain form whose bucket part keeps any
+    /// spelling, so it must not contain `/`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        queue: Arc<dyn JobQueue>,
+        config: EdgeConfig,
+        bucket: &str,
+    ) -> App {
+        let origin = Origin {
+            s3: Some(S3OriginConfig {
+                domain_name: "s3.amazonaws.com".into(),
+                path: format!("/{bucket}"),
+                region: config.bucket_region.clone(),
+                auth_method: Some("origin-access-control".into()),
+                extra: Default::default(),
+            }),
+            custom: None,
+        };
+        let error_cache_control = config.error_cache_control.clone();
+        App {
+            handler: EdgeHandler::new(config, queue, SingleOrigin(store.clone())),
+            store,
+            origin,
+            error_cache_control,
+            next_request: AtomicU64::new(1),
+            miss_permits: tokio::sync::Semaphore::new(
+                edgethumb::available_cores().clamp(MIN_MISS_RENDERS, MAX_MISS_RENDERS),
+            ),
+        }
+    }
+
+    /// The origin-response event CloudFront would send the trigger after S3 answered 404.
+    fn miss_event(&self, method: &Method, uri: &Uri) -> Event {
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mut response_headers = cloudfront::Headers::new();
+        cloudfront::header(&mut response_headers, "Content-Type", "application/xml");
+        cloudfront::header(&mut response_headers, "Server", "AmazonS3");
+        Event {
+            records: vec![Record {
+                cf: CfPayload {
+                    config: CfConfig {
+                        distribution_domain_name: "localhost".into(),
+                        distribution_id: "EDGETHUMBSERVE".into(),
+                        event_type: "origin-response".into(),
+                        request_id: format!("serve-{n}"),
+                    },
+                    request: Request {
+                        client_ip: String::new(),
+                        headers: cloudfront::Headers::new(),
+                        method: method.as_str().to_string(),
+                        querystring: String::new(),
+                        uri: uri.path().to_string(),
+                        origin: Some(self.origin.clone()),
+                        extra: Default::default(),
+                    },
+                    response: Some(cloudfront::Response {
+                        status: "404".into(),
+                        status_description: Some("Not Found".into()),
+                        headers: response_headers,
+                        body: None,
+                        body_encoding: None,
+                    }),
+                },
+            }],
+        }
+    }
+
+    fn error(&self, status: StatusCode, message: &str) -> Response {
+        let mut response = (status, format!("{message}\n")).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Ok(value) = HeaderValue::from_str(&self.error_cache_control) {
+            headers.insert(header::CACHE_CONTROL, value);
+        }
+        headers.insert(X_EDGETHUMB, HeaderValue::from_static("error"));
+        response
+    }
+}
+
+/// Which path answered: `hit` (the store), `miss` (the edge handler), `error`,
+/// `pass-through` (S3's own 404).
+const X_EDGETHUMB: &str = "x-edgethumb";
+const SERVER_TIMING: &str = "server-timing";
+
+/// The routes. `/_edgethumb/*` is reserved for the page's own API; everything else is an
+/// object key.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/_edgethumb/originals", get(originals))
+        .fallback(object)
+        .with_state(app)
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE_HTML,
+    )
+        .into_response()
+}
+
+/// One original as the page lists it.
+#[derive(Debug, Serialize)]
+struct OriginalEntry {
+    key: String,
+    size: u64,
+    last_modified: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct OriginalsList {
+    bucket: String,
+    originals: Vec<OriginalEntry>,
+    /// More originals exist than are listed (the listing is capped).
+    truncated: bool,
+}
+
+/// Whether a listed key is an original the page should offer.
+fn is_listed_original(key: &str) -> bool {
+    if key.contains('@') || super::keys::check_key(key).is_err() {
+        return false;
+    }
+    key.rsplit_once('.').is_some_and(|(_, ext)| {
+        IMAGE_EXTENSIONS
+            .iter()
+            .any(|known| ext.eq_ignore_ascii_case(known))
+    })
+}
+
+async fn originals(State(app): State<Arc<App>>) -> Response {
+    let mut listed = Vec::new();
+    let mut scanned = 0usize;
+    let mut continuation = None;
+    let mut truncated = false;
+    loop {
+        let page = match app
+            .store
+            .list_page("", continuation, edgethumb::store::MAX_PAGE_SIZE)
+            .await
+        {
+            Ok(page) => page,
+            Err(error) => {
+                warn!(event = "serve.list_failed", error = %error);
+                return app.error(StatusCode::BAD_GATEWAY, &format!("listing failed: {error}"));
+            }
+        };
+        scanned += page.objects.len();
+        for info in page.objects {
+            if !is_listed_original(&info.key) {
+                continue;
+            }
+            if listed.len() == MAX_LISTED_ORIGINALS {
+                truncated = true;
+                break;
+            }
+            listed.push(OriginalEntry {
+                last_modified: info.last_modified.map(httpdate::fmt_http_date),
+                key: info.key,
+                size: info.size,
+            });
+        }
+        continuation = page.continuation;
+        if continuation.is_none() || truncated {
+            break;
+        }
+        if scanned >= MAX_SCANNED_KEYS {
+            truncated = true;
+            break;
+        }
+    }
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    let body = OriginalsList {
+        bucket: app.store.bucket().to_string(),
+        originals: listed,
+        truncated,
+    };
+    let mut response = axum::Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Any other path: an object key, served from the store or rendered on a miss.
+async fn object(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    request_headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = app.error(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let key = match request_key(uri.path()) {
+        Ok(key) => key,
+        Err(refusal) => {
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return with_total_timing(app.error(status, &refusal.to_string()), started);
+        }
+    };
+    let response = match lookup(&app, &key, &request_headers).await {
+        Ok(Some(hit)) => hit,
+        Ok(None) => miss(&app, &method, &uri).await,
+        Err(error) => store_error(&app, &key, &error),
+    };
+    with_total_timing(response, started)
+}
+
+/// A store failure on the hit path, as CloudFront would show S3's answer.
+fn store_error(app: &App, key: &str, error: &StoreError) -> Response {
+    let status = match error {
+        StoreError::InvalidKey { .. } | StoreError::InvalidRequest { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        StoreError::AccessDenied { .. } => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    warn!(event = "serve.store_failed", key, error = %error);
+    app.error(status, &error.to_string())
+}
+
+/// The hit path: `Ok(None)` when the key is not in the store.
+async fn lookup(
+    app: &App,
+    key: &str,
+    request_headers: &HeaderMap,
+) -> Result<Option<Response>, StoreError> {
+    let fetch_started = Instant::now();
+    let conditional = request_headers.contains_key(header::IF_NONE_MATCH)
+        || request_headers.contains_key(header::IF_MODIFIED_SINCE);
+    if conditional {
+        // Answer 304 from the metadata alone, without reading the body.
+        let Some(info) = app.store.head(key).await? else {
+            return Ok(None);
+        };
+        if not_modified(request_headers, &info) {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            object_headers(response.headers_mut(), &info);
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            timing(response.headers_mut(), "store", fetch_started.elapsed());
+            debug!(event = "serve.not_modified", key);
+            return Ok(Some(response));
+        }
+    }
+    let Some(object) = app.store.get(key, MAX_SERVED_BYTES).await? else {
+        return Ok(None);
+    };
+    let fetch = fetch_started.elapsed();
+    debug!(event = "serve.hit", key, bytes = object.body.len());
+    Ok(Some(hit_response(object, fetch)))
+}
+
+fn hit_response(object: Object, fetch: Duration) -> Response {
+    let Object { info, body } = object;
+    let mut response = Response::new(Body::from(body));
+    object_headers(response.headers_mut(), &info);
+    timing(response.headers_mut(), "store", fetch);
+    response
+}
+
+/// The headers S3 sends for an object (and CloudFront forwards).
+fn object_headers(headers: &mut HeaderMap, info: &ObjectInfo) {
+    let content_type = info
+        .content_type
+        .as_deref()
+        .unwrap_or("binary/octet-stream");
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    set(header::CONTENT_TYPE, content_type);
+    set(header::CONTENT_LENGTH, &info.size.to_string());
+    if let Some(cache_control) = &info.cache_control {
+        set(header::CACHE_CONTROL, cache_control);
+    }
+    if let Some(etag) = &info.etag {
+        set(header::ETAG, etag);
+    }
+    if let Some(modified) = info.last_modified {
+        set(header::LAST_MODIFIED, &httpdate::fmt_http_date(modified));
+    }
+    for (name, value) in &info.metadata {
+        if let Ok(name) = HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes()) {
+            set(name, value);
+        }
+    }
+    headers.insert(X_EDGETHUMB, HeaderValue::from_static("hit"));
+}
+
+/// RFC 9110 §13.1.2/§13.1.3: If-None-Match wins over If-Modified-Since; weak comparison.
+fn not_modified(request_headers: &HeaderMap, info: &ObjectInfo) -> bool {
+    if let Some(if_none_match) = request_headers.get(header::IF_NONE_MATCH) {
+        let (Ok(list), Some(etag)) = (if_none_match.to_str(), info.etag.as_deref()) else {
+            return false;
+        };
+        let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+        let ours = opaque(etag);
+        return list
+            .split(',')
+            .any(|candidate| candidate.trim() == "*" || opaque(candidate) == ours);
+    }
+    let since = request_headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    match (since, info.last_modified) {
+        (Some(since), Some(modified)) => whole_seconds(modified) <= since,
+        _ => false,
+    }
+}
+
+/// HTTP dates have one-second resolution; compare at that resolution.
+fn whole_seconds(time: SystemTime) -> SystemTime {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs())
+}
+
+/// The miss path: the edge handler, given what CloudFront would give it.
+async fn miss(app: &App, method: &Method, uri: &Uri) -> Response {
+    let event = app.miss_event(method, uri);
+    // The semaphore is never closed, so acquiring only fails if it were; answer as the
+    // edge does when it cannot render now.
+    let Ok(_permit) = app.miss_permits.acquire().await else {
+        return app.error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    match app.handler.handle(&event).await {
+        // A real 404 (no `@` in the key): S3's answer goes back to the client.
+        EdgeOutcome::PassThrough => {
+            let mut response = app.error(StatusCode::NOT_FOUND, "NoSuchKey: no such object");
+            response
+                .headers_mut()
+                .insert(X_EDGETHUMB, HeaderValue::from_static("pass-through"));
+            response
+        }
+        EdgeOutcome::Generated { response, timings } => {
+            let mut response = generated_response(response);
+            // The handler writes `Server-Timing` while building the response, before its
+            // total is known; the returned timings are complete.
+            if response.headers().contains_key(SERVER_TIMING)
+                && let Ok(value) = HeaderValue::from_str(&timings.server_timing())
+            {
+                response.headers_mut().insert(SERVER_TIMING, value);
+            }
+            response
+        }
+    }
+}
+
+/// A Lambda@Edge generated response as CloudFront turns it into HTTP.
+fn generated_response(generated: cloudfront::Response) -> Response {
+    let status = generated
+        .status
+        .parse::<u16>()
+        .ok()
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = match (generated.body, generated.body_encoding.as_deref()) {
+        (None, _) => Vec::new(),
+        (Some(body), Some("base64")) => {
+            match base64::engine::general_purpose::STANDARD.decode(body.as_bytes()) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    // CloudFront answers 502 when a trigger returns an invalid body.
+                    warn!(event = "serve.invalid_generated_body", error = %error);
+                    return (StatusCode::BAD_GATEWAY, "invalid generated body\n").into_response();
+                }
+            }
+        }
+        (Some(body), _) => body.into_bytes(),
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, values) in generated.headers {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        for value in values {
+            if let Ok(value) = HeaderValue::from_str(&value.value) {
+                headers.append(name.clone(), value);
+            }
+        }
+    }
+    response
+}
+
+/// Add one metric to `Server-Timing`, keeping a single header line.
+fn timing(headers: &mut HeaderMap, name: &str, duration: Duration) {
+    let entry = format!("{name};dur={:.1}", duration.as_secs_f64() * 1000.0);
+    let combined = match headers.get(SERVER_TIMING).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {entry}"),
+        _ => entry,
+    };
+    if let Ok(value) = HeaderValue::from_str(&combined) {
+        headers.insert(SERVER_TIMING, value);
+    }
+}
+
+/// Every response says how long `serve` took in all (the handler's own steps come first).
+fn with_total_timing(mut response: Response, started: Instant) -> Response {
+    let has_total = response
+        .headers()
+        .get_all(SERVER_TIMING)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("total;")));
+    if !has_total {
+        timing(response.headers_mut(), "total", started.elapsed());
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(etag: &str, modified_secs: u64) -> ObjectInfo {
+        ObjectInfo {
+            key: "k".into(),
+            size: 3,
+            etag: Some(etag.into()),
+            last_modified: Some(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(modified_secs * 1000 + 700),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn headers(pairs: &[(HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_lists() {
+        let object = info("\"abc\"", 1000);
+        for value in ["\"abc\"", "W/\"abc\"", "\"x\", \"abc\"", "*"] {
+            assert!(
+                not_modified(&headers(&[(header::IF_NONE_MATCH, value)]), &object),
+                "{value}"
+            );
+        }
+        for value in ["\"abd\"", "abc", ""] {
+            assert!(
+                !not_modified(&headers(&[(header::IF_NONE_MATCH, value)]), &object),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn if_none_match_wins_over_if_modified_since() {
+        let object = info("\"abc\"", 1000);
+        let since = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(5000));
+        let map = headers(&[
+            (header::IF_NONE_MATCH, "\"other\""),
+            (header::IF_MODIFIED_SINCE, &since),
+        ]);
+        assert!(!not_modified(&map, &object));
+    }
+
+    #[test]
+    fn if_modified_since_at_second_resolution() {
+        let object = info("\"abc\"", 1000);
+        let at = |secs| httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        assert!(not_modified(
+            &headers(&[(header::IF_MODIFIED_SINCE, &at(1000))]),
+            &object
+        ));
+        assert!(!not_modified(
+            &headers(&[(header::IF_MODIFIED_SINCE, &at(999))]),
+            &object
+        ));
+        assert!(!not_modified(
+            &headers(&[(header::IF_MODIFIED_SINCE, "garbage")]),
+            &object
+        ));
+    }
+
+    #[test]
+    fn listed_originals_are_images_without_at() {
+        assert!(is_listed_original("photos/cat.jpg"));
+        assert!(is_listed_original("a/B.JPEG"));
+        assert!(!is_listed_original("photos/cat.jpg@200w.webp"));
+        assert!(!is_listed_original(".edgethumb/queue/1.json"));
+        assert!(!is_listed_original("notes.txt"));
+        assert!(!is_listed_original("noext"));
+    }
+
+    #[test]
+    fn generated_base64_body_is_decoded_with_headers() {
+        let mut headers = cloudfront::Headers::new();
+        cloudfront::header(&mut headers, "Content-Type", "image/webp");
+        cloudfront::header(&mut headers, "X-Edgethumb", "miss");
+        let response = generated_response(cloudfront::Response {
+            status: "200".into(),
+            status_description: Some("OK".into()),
+            headers,
+            body: Some(base64::engine::general_purpose::STANDARD.encode(b"RIFF")),
+            body_encoding: Some("base64".into()),
+        });
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "image/webp");
+        assert_eq!(response.headers()["x-edgethumb"], "miss");
+    }
+
+    #[test]
+    fn generated_bad_status_or_body_is_502() {
+        let bad_status = generated_response(cloudfront::Response {
+            status: "abc".into(),
+            status_description: None,
+            headers: Default::default(),
+            body: None,
+            body_encoding: None,
+        });
+        assert_eq!(bad_status.status(), StatusCode::BAD_GATEWAY);
+        let bad_body = generated_response(cloudfront::Response {
+            status: "200".into(),
+            status_description: None,
+            headers: Default::default(),
+            body: Some("!!not base64!!".into()),
+            body_encoding: Some("base64".into()),
+        });
+        assert_eq!(bad_body.status(), StatusCode::BAD_GATEWAY);
+    }
+}
