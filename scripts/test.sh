@@ -7,6 +7,10 @@
 #                     Python version are unchanged (stamp file), rebuilt otherwise.
 # 2. start_moto       moto_server on 127.0.0.1 on a free port, waited for (bounded), killed on
 #                     exit however the tests end. Fails loudly if it cannot start.
+# 3. lint             cargo fmt --all -- --check; cargo clippy --workspace --all-targets
+#                     -D warnings (workspace lints: no unwrap/expect outside tests, every
+#                     unsafe block documented); clippy again for the two Lambda crates alone,
+#                     whose core features differ from the workspace's (edge, worker, no local).
 # 3. run_cargo_tests  cargo test --workspace with EDGETHUMB_TEST_ENDPOINT and dummy AWS
 #                     credentials exported; extra arguments are passed through.
 # 4. run_edge_e2e     scripts/test_edge.sh: package edge.zip (zig, glibc 2.17), load it in
@@ -137,6 +141,17 @@ start_moto() {
   die "moto_server could not start in 3 attempts (each waits up to ${MOTO_START_TIMEOUT_S} s; see $MOTO_LOG)"
 }
 
+# ---- lint (DEVELOPERS.md: fmt and clippy clean; the lints themselves are in Cargo.toml) ----
+run_lint() {
+  cd "$ROOT"
+  cargo fmt --all -- --check || die "cargo fmt: the tree is not formatted (run cargo fmt --all)"
+  cargo clippy --workspace --all-targets -- -D warnings || die "cargo clippy found problems"
+  # The Lambda crates build the core with their own features only (edge, worker; no local,
+  # no CLI): code behind a cfg they switch off must stay warning-free too.
+  cargo clippy -p edgethumb-edge -p edgethumb-worker -- -D warnings \
+    || die "cargo clippy (Lambda entry points' features) found problems"
+}
+
 run_cargo_tests() {
   # Dummy credentials and region: moto accepts anything, and nothing may reach real AWS.
   (
@@ -259,6 +274,7 @@ main() {
   step edge-prebuild start_edge_prebuild
   step moto start_moto
   step browser setup_browser
+  step lint run_lint
   step cargo-test run_cargo_tests "$@"
   step edge-e2e run_edge_e2e
   step deploy validate_deploy
