@@ -17,7 +17,9 @@ pub mod variant;
 pub mod worker;
 
 pub use geometry::{Crop, Plan, plan};
-pub use variant::{OutputFormat, Params, ResizeMode, VariantError, VariantKey};
+pub use variant::{
+    OutputFormat, Params, RequestedParams, ResizeMode, VariantError, VariantKey, VariantRequest,
+};
 
 /// The edgethumb version, recorded in worker output metadata so re-renders after an
 /// encoder change are not mistaken for duplicates.
