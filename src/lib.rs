@@ -14,6 +14,7 @@ pub mod queue;
 pub mod serve;
 pub mod store;
 pub mod variant;
+pub mod viewer;
 pub mod worker;
 
 pub use geometry::{Crop, Plan, plan};
