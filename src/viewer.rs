@@ -124,6 +124,8 @@ pub enum SettingsError {
     UnknownGuard(String),
     #[error("setting {0:?}: key ids and preset names are 1-64 of [A-Za-z0-9_-]")]
     BadName(String),
+    #[error("setting {0:?}: a preset name is a letter, then up to 63 of [A-Za-z0-9_-]")]
+    BadPresetName(String),
     #[error("setting {0:?}: a secret must be 16-1024 bytes")]
     BadSecret(String),
     #[error("setting {key:?}: {error}")]
@@ -170,7 +172,10 @@ impl ViewerGuard {
                 }
                 keys.insert(id.to_string(), value.clone());
             } else if let Some(preset) = name.strip_prefix(PRESET_PREFIX) {
-                check_name(name, preset)?;
+                // A name the rules would never look up is a typo, not a preset.
+                if !is_preset_name(preset) {
+                    return Err(SettingsError::BadPresetName(name.clone()));
+                }
                 value
                     .parse::<RequestedParams>()
                     .map_err(|error| SettingsError::BadParams {
@@ -823,6 +828,7 @@ mod tests {
             (r#"{"key:a b":"0123456789abcdef"}"#, "key:a b"),
             (r#"{"key:a":"short"}"#, "16-1024"),
             (r#"{"preset:t":"200x"}"#, "200x"),
+            (r#"{"preset:200w":"400w"}"#, "a letter"),
             (r#"{"allow:200w_80q.jpeg":"1"}"#, "allow:200w_80q.jpg"),
             (r#"{"allow:200w.WEBP":"1"}"#, "allow:200w.webp"),
             (r#"{"keys:a":"x"}"#, "not used"),
