@@ -250,6 +250,12 @@ setup_browser() {
 
 # mozjpeg-sys silently builds without SIMD when nasm is missing (1.5-3x slower JPEG), and
 # the tests would still pass: install it up front so every build is the real one.
+# The viewer-request CloudFront Function under node's test runner (under a second; the
+# differential test against the Rust rules runs in the cargo step).
+run_viewer_js_tests() {
+  node --test tests/viewer/
+}
+
 setup_system_packages() {
   command -v nasm >/dev/null && return 0
   [ "$(id -u)" = 0 ] || die "nasm is missing: apt-get install nasm (needs root)"
@@ -275,6 +281,7 @@ main() {
   step moto start_moto
   step browser setup_browser
   step lint run_lint
+  step viewer-js run_viewer_js_tests
   step cargo-test run_cargo_tests "$@"
   step edge-e2e run_edge_e2e
   step deploy validate_deploy

@@ -19,12 +19,16 @@ pub mod pipeline;
 pub mod queue;
 pub mod store;
 pub mod variant;
+#[cfg(feature = "viewer")]
+pub mod viewer;
 #[cfg(feature = "worker")]
 pub mod worker;
 
 pub use geometry::{Crop, Plan, plan};
 pub use host::available_cores;
-pub use variant::{OutputFormat, Params, ResizeMode, VariantError, VariantKey};
+pub use variant::{
+    OutputFormat, Params, RequestedParams, ResizeMode, VariantError, VariantKey, VariantRequest,
+};
 
 /// The edgethumb version, recorded in worker output metadata so re-renders after an
 /// encoder change are not mistaken for duplicates.

@@ -47,12 +47,17 @@ impl OutputFormat {
         !matches!(self, OutputFormat::Png)
     }
 
+    /// Any letter case: links in the wild carry `.JPG` and `.WebP` (the seed's design
+    /// lower-cased them), and a 400 for those would only move the problem to the page author.
     fn from_extension(ext: &str) -> Option<Self> {
-        match ext {
-            "jpg" | "jpeg" => Some(OutputFormat::Jpeg),
-            "png" => Some(OutputFormat::Png),
-            "webp" => Some(OutputFormat::Webp),
-            _ => None,
+        if ext.eq_ignore_ascii_case("jpg") || ext.eq_ignore_ascii_case("jpeg") {
+            Some(OutputFormat::Jpeg)
+        } else if ext.eq_ignore_ascii_case("png") {
+            Some(OutputFormat::Png)
+        } else if ext.eq_ignore_ascii_case("webp") {
+            Some(OutputFormat::Webp)
+        } else {
+            None
         }
     }
 }
@@ -135,6 +140,22 @@ impl Params {
     /// spelled `jpg`. An empty token list with no format is spelled `100p`, so the
     /// canonical key is still a valid variant key.
     pub fn canonical(&self) -> String {
+        let mut out = self.canonical_tokens(self.format);
+        match self.format {
+            Some(f) => {
+                out.push('.');
+                out.push_str(f.extension());
+            }
+            None if out.is_empty() => out.push_str("100p"),
+            None => {}
+        }
+        out
+    }
+
+    /// The canonical token list (possibly empty) for output in `format`; `None` means
+    /// "not known yet" (the source's format, or `.auto` before negotiation), which keeps
+    /// `q` and `r` because they may still matter.
+    fn canonical_tokens(&self, format: Option<OutputFormat>) -> String {
         let mut tokens: Vec<String> = Vec::with_capacity(8);
         if let Some(w) = self.width {
             tokens.push(format!("{w}w"));
@@ -160,26 +181,17 @@ impl Params {
         if self.percent != 100 {
             tokens.push(format!("{}p", self.percent));
         }
-        let lossy_or_unknown = self.format.is_none_or(OutputFormat::is_lossy);
+        let lossy_or_unknown = format.is_none_or(OutputFormat::is_lossy);
         if let Some(q) = self.quality
             && lossy_or_unknown
         {
             tokens.push(format!("{q}q"));
         }
-        let jpeg_or_unknown = self.format.is_none_or(|f| f == OutputFormat::Jpeg);
+        let jpeg_or_unknown = format.is_none_or(|f| f == OutputFormat::Jpeg);
         if self.progressive && jpeg_or_unknown {
             tokens.push("1r".into());
         }
-        let mut out = tokens.join("_");
-        match self.format {
-            Some(f) => {
-                out.push('.');
-                out.push_str(f.extension());
-            }
-            None if out.is_empty() => out.push_str("100p"),
-            None => {}
-        }
-        out
+        tokens.join("_")
     }
 
     /// The same variant with no-op fields reset, so that equal canonical forms mean equal values.
@@ -215,24 +227,79 @@ pub enum VariantError {
         min: u32,
         max: u32,
     },
-    #[error("unsupported output format {0:?} (supported: jpg, jpeg, png, webp)")]
+    #[error("unsupported output format {0:?} (supported: jpg, jpeg, png, webp, auto)")]
     UnsupportedFormat(String),
+    /// `.auto` reached something that renders: the viewer-request rules (the CloudFront
+    /// Function, or `serve`) must have replaced it with a concrete format first.
+    #[error("output format \"auto\" must be resolved from the Accept header before rendering")]
+    UnresolvedAuto,
 }
 
 impl FromStr for Params {
     type Err = VariantError;
 
-    /// Parse `<tokens>[.<format>]`, e.g. `200w_200h_1e_80q.webp`.
+    /// Parse `<tokens>[.<format>]`, e.g. `200w_200h_1e_80q.webp`. `.auto` is refused
+    /// here: a `Params` always names what will be rendered (see [`RequestedParams`]).
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (tokens, format) = match spec.rsplit_once('.') {
+        let requested = RequestedParams::from_str(spec)?;
+        if requested.auto_format {
+            return Err(VariantError::UnresolvedAuto);
+        }
+        Ok(requested.params)
+    }
+}
+
+/// Parameters as a URL may spell them, including the negotiated output extension `.auto`.
+///
+/// Kept apart from [`Params`] so that nothing that renders can ever see an unresolved
+/// format: only the viewer-request rules parse this and turn it into a [`Params`] with
+/// [`RequestedParams::resolve`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestedParams {
+    /// With `auto_format`, `params.format` is `None` until resolved.
+    pub params: Params,
+    /// `.auto` (any letter case): the format is chosen from the viewer's `Accept` header.
+    pub auto_format: bool,
+}
+
+impl RequestedParams {
+    /// Canonical spelling of the request: [`Params::canonical`] for a concrete format,
+    /// otherwise the canonical tokens (with `q`/`r` kept, the format being unknown) and `.auto`.
+    pub fn canonical(&self) -> String {
+        if self.auto_format {
+            let mut out = self.params.canonical_tokens(None);
+            out.push_str(".auto");
+            out
+        } else {
+            self.params.canonical()
+        }
+    }
+
+    /// The concrete parameters once the output format has been negotiated; a request
+    /// without `.auto` keeps its own format and ignores `negotiated`.
+    pub fn resolve(&self, negotiated: OutputFormat) -> Params {
+        let mut params = self.params.clone();
+        if self.auto_format {
+            params.format = Some(negotiated);
+        }
+        params
+    }
+}
+
+impl FromStr for RequestedParams {
+    type Err = VariantError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (tokens, format, auto_format) = match spec.rsplit_once('.') {
+            Some((tokens, ext)) if ext.eq_ignore_ascii_case("auto") => (tokens, None, true),
             Some((tokens, ext)) => {
                 let format = OutputFormat::from_extension(ext)
                     .ok_or_else(|| VariantError::UnsupportedFormat(ext.to_string()))?;
-                (tokens, Some(format))
+                (tokens, Some(format), false)
             }
-            None => (spec, None),
+            None => (spec, None, false),
         };
-        if tokens.is_empty() && format.is_none() {
+        if tokens.is_empty() && format.is_none() && !auto_format {
             return Err(VariantError::EmptyParams);
         }
         let mut params = Params {
@@ -241,7 +308,10 @@ impl FromStr for Params {
         };
         let mut seen = String::with_capacity(8);
         if tokens.is_empty() {
-            return Ok(params);
+            return Ok(RequestedParams {
+                params,
+                auto_format,
+            });
         }
         for token in tokens.split('_') {
             if token.is_empty() {
@@ -284,7 +354,10 @@ impl FromStr for Params {
                 _ => return Err(VariantError::UnknownLetter(token.to_string())),
             }
         }
-        Ok(params)
+        Ok(RequestedParams {
+            params,
+            auto_format,
+        })
     }
 }
 
@@ -324,12 +397,7 @@ impl VariantKey {
     ///
     /// Splits on the last `@`, since original keys may themselves contain `@`.
     pub fn parse(key: &str) -> Result<Self, VariantError> {
-        let (original, spec) = key
-            .rsplit_once('@')
-            .ok_or_else(|| VariantError::NotAVariant(key.to_string()))?;
-        if original.is_empty() || original.ends_with('/') {
-            return Err(VariantError::MissingOriginalKey(key.to_string()));
-        }
+        let (original, spec) = split_variant_key(key)?;
         Ok(VariantKey {
             original_key: original.to_string(),
             params: spec.parse()?,
@@ -353,6 +421,49 @@ impl FromStr for VariantKey {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         VariantKey::parse(s)
     }
+}
+
+/// A variant key as a viewer may spell it: like [`VariantKey`], but `.auto` is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VariantRequest {
+    pub original_key: String,
+    pub params: RequestedParams,
+}
+
+impl VariantRequest {
+    /// Parse a decoded key; the same rules and errors as [`VariantKey::parse`], plus `.auto`.
+    pub fn parse(key: &str) -> Result<Self, VariantError> {
+        let (original, spec) = split_variant_key(key)?;
+        Ok(VariantRequest {
+            original_key: original.to_string(),
+            params: spec.parse()?,
+        })
+    }
+
+    /// `<original>@<canonical requested params>`: what signatures and allow-lists name,
+    /// since a page links `.auto` before anyone knows the viewer's `Accept` header.
+    pub fn canonical_key(&self) -> String {
+        format!("{}@{}", self.original_key, self.params.canonical())
+    }
+
+    /// The renderable variant once the output format has been negotiated.
+    pub fn resolve(&self, negotiated: OutputFormat) -> VariantKey {
+        VariantKey {
+            original_key: self.original_key.clone(),
+            params: self.params.resolve(negotiated),
+        }
+    }
+}
+
+/// Split on the last `@` (original keys may contain `@`), refusing an empty original.
+fn split_variant_key(key: &str) -> Result<(&str, &str), VariantError> {
+    let (original, spec) = key
+        .rsplit_once('@')
+        .ok_or_else(|| VariantError::NotAVariant(key.to_string()))?;
+    if original.is_empty() || original.ends_with('/') {
+        return Err(VariantError::MissingOriginalKey(key.to_string()));
+    }
+    Ok((original, spec))
 }
 
 #[cfg(test)]
@@ -491,6 +602,90 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn output_extensions_match_in_any_letter_case() {
+        assert_eq!(p("200w.JPG"), p("200w.jpg"));
+        assert_eq!(p("200w.JPEG").canonical(), "200w.jpg");
+        assert_eq!(p("200w.WebP").canonical(), "200w.webp");
+        assert_eq!(p(".Png").canonical(), ".png");
+        let v = VariantKey::parse("Photos/Cat.JPG@200W.x").unwrap_err();
+        assert!(v.to_string().contains("\"x\""), "{v}");
+        assert_eq!(
+            VariantKey::parse("Photos/Cat.JPG@200w.WEBP")
+                .unwrap()
+                .canonical_key(),
+            "Photos/Cat.JPG@200w.webp",
+            "only the output extension is case-folded, never the original key"
+        );
+        assert!(matches!(
+            "200w.GIF".parse::<Params>(),
+            Err(VariantError::UnsupportedFormat(ext)) if ext == "GIF"
+        ));
+    }
+
+    #[test]
+    fn auto_is_a_request_never_a_params() {
+        for spec in ["200w.auto", "200w.AUTO", ".Auto"] {
+            assert_eq!(
+                spec.parse::<Params>(),
+                Err(VariantError::UnresolvedAuto),
+                "{spec}"
+            );
+            assert!(spec.parse::<RequestedParams>().unwrap().auto_format);
+        }
+        assert!(matches!(
+            VariantKey::parse("a.jpg@200w.auto"),
+            Err(VariantError::UnresolvedAuto)
+        ));
+        let r: RequestedParams = "80q_1r_200w.AUTO".parse().unwrap();
+        assert_eq!(r.params.format, None);
+        assert_eq!(
+            r.canonical(),
+            "200w_80q_1r.auto",
+            "q and r kept until resolved"
+        );
+        assert_eq!(r.resolve(OutputFormat::Webp).canonical(), "200w_80q.webp");
+        assert_eq!(r.resolve(OutputFormat::Jpeg).canonical(), "200w_80q_1r.jpg");
+        assert_eq!(r.resolve(OutputFormat::Png).canonical(), "200w.png");
+        let bare: RequestedParams = ".auto".parse().unwrap();
+        assert_eq!(bare.canonical(), ".auto");
+        assert_eq!(bare.resolve(OutputFormat::Webp).canonical(), ".webp");
+        // A concrete request ignores the negotiated format.
+        let fixed: RequestedParams = "200w.png".parse().unwrap();
+        assert_eq!(fixed.resolve(OutputFormat::Webp).canonical(), "200w.png");
+        assert_eq!(fixed.canonical(), "200w.png");
+        // Errors are the grammar's, in the same order.
+        assert_eq!(
+            "200x.auto".parse::<RequestedParams>(),
+            Err(VariantError::UnknownLetter("200x".into()))
+        );
+        assert_eq!(
+            "".parse::<RequestedParams>(),
+            Err(VariantError::EmptyParams)
+        );
+        assert!(matches!(
+            "200w.autox".parse::<RequestedParams>(),
+            Err(VariantError::UnsupportedFormat(_))
+        ));
+    }
+
+    #[test]
+    fn variant_requests_split_like_variant_keys() {
+        let r = VariantRequest::parse("u/me@x.com/a.png@400W_1e.auto").unwrap_err();
+        assert_eq!(r, VariantError::UnknownLetter("400W".into()));
+        let r = VariantRequest::parse("u/me@x.com/a.png@1e_400w.auto").unwrap();
+        assert_eq!(r.original_key, "u/me@x.com/a.png");
+        assert_eq!(r.canonical_key(), "u/me@x.com/a.png@400w.auto");
+        assert_eq!(
+            r.resolve(OutputFormat::Png).canonical_key(),
+            "u/me@x.com/a.png@400w.png"
+        );
+        assert!(matches!(
+            VariantRequest::parse("dir/@200w.auto"),
+            Err(VariantError::MissingOriginalKey(_))
+        ));
+    }
+
     fn arb_params() -> impl Strategy<Value = Params> {
         (
             proptest::option::of(1u32..=MAX_SIDE_PARAM),
@@ -603,6 +798,23 @@ mod tests {
             let loose = loose_spelling(&params, &order, spell_defaults);
             let parsed: Params = loose.parse().unwrap();
             prop_assert_eq!(parsed.canonical(), params.canonical());
+        }
+
+        #[test]
+        fn extension_case_never_changes_the_canonical_form(
+            params in arb_params(),
+            mask in any::<u8>(),
+        ) {
+            let canonical = params.canonical();
+            let shouted: String = canonical
+                .char_indices()
+                .map(|(i, c)| {
+                    let in_ext = canonical[..i].contains('.');
+                    if in_ext && mask & (1 << (i % 8)) != 0 { c.to_ascii_uppercase() } else { c }
+                })
+                .collect();
+            let reparsed: Params = shouted.parse().unwrap();
+            prop_assert_eq!(reparsed.canonical(), canonical);
         }
 
         #[test]
