@@ -373,9 +373,10 @@ class FaultProxy:
                 return False
             if not expects_continue:
                 await relay_body(reader, None, framing)
-                writer.write(error_response(kind, head, request_id, cfg))
+                close = head.wants_close()
+                writer.write(error_response(kind, head, request_id, cfg, close=close))
                 await writer.drain()
-                return not head.wants_close()
+                return not close
             # Answer at once, as S3 does: the client then sends no body. One that sends it
             # anyway gets it read (briefly), so closing does not turn the answer into an RST.
             writer.write(error_response(kind, head, request_id, cfg, close=True))
@@ -431,7 +432,8 @@ class FaultProxy:
 
         if kind in ("s3-slowdown-after", "s3-internal-error-after", "sqs-throttled-after"):
             await relay_body(up_reader, None, resp_framing)  # the side effect stays done
-            writer.write(error_response(kind, head, request_id, self.config))
+            writer.write(error_response(kind, head, request_id, self.config,
+                                        close=not keep_alive))
             await writer.drain()
             return keep_alive
         if kind in ("reset-mid-body", "truncate"):
