@@ -80,6 +80,9 @@ class Config:
             new["kinds"] = new["kinds"].split(",")
         if isinstance(new["services"], str):
             new["services"] = new["services"].split(",")
+        for key in ("kinds", "services"):
+            if not isinstance(new[key], list) or not all(isinstance(v, str) for v in new[key]):
+                raise ValueError(f"{key} must be a list of names or a comma-separated string")
         if not isinstance(new["fault_rate"], (int, float)) or not 0 <= new["fault_rate"] <= 1:
             raise ValueError("fault_rate must be a number in [0, 1]")
         if not isinstance(new["seed"], int) or not isinstance(new["latency_ms"], int) \
@@ -92,7 +95,7 @@ class Config:
             raise ValueError(f"services must be a subset of {SERVICES}")
         if new["sqs_throttle_code"] not in ("RequestThrottled", "ThrottlingException"):
             raise ValueError("sqs_throttle_code must be RequestThrottled or ThrottlingException")
-        self.__init__(**new)
+        vars(self).update(new)
 
 
 def decide(seed, k, rate, kinds):

@@ -10,7 +10,6 @@ import base64
 import http.client
 import io
 import json
-import os
 import select
 import signal
 import socket
@@ -601,6 +600,11 @@ def test_control_endpoint(proxy):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(bad)
     assert refused.value.code == 400 and b"no-such-kind" in refused.value.read()
+    for changes in ({"kinds": 3}, {"fault_rate": 2}, {"bogus": 1}, [1]):
+        bad.data = json.dumps(changes).encode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad)
+        assert refused.value.code == 400, changes
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(proxy + "/__faultproxy/nothing")
     assert missing.value.code == 404
