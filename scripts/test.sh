@@ -20,6 +20,8 @@
 # 5. validate_deploy  offline checks of deploy/template.yaml (cfn-lint, sam validate --lint,
 #                     scripts/check_deploy.py) and pytest deploy/tests, with their own pinned
 #                     tools in .venv-deploy (scripts/validate_deploy.sh).
+# 6. run_faultproxy_tests  pytest tests/faultproxy: scripts/faultproxy.py (the fault-injecting
+#                     proxy of docs/reliability.md) against its own moto_server; about 10 s.
 #
 # Each step's wall time is logged as it ends, and all of them in a summary on exit (also when
 # a step fails). With CI=true, CARGO_INCREMENTAL defaults to 0: a cold CI build compiles each
@@ -32,7 +34,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 # Pinned: the tests rely on moto's wire behaviour (SQS JSON protocol, /moto-api/reset).
-PY_REQUIREMENTS=("moto[s3,sqs]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5")
+# pytest runs tests/faultproxy (scripts/faultproxy.py).
+PY_REQUIREMENTS=("moto[s3,sqs]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5" "pytest==9.2.0")
 MOTO_LOG="$ROOT/.cache/moto_server.log"
 MOTO_START_TIMEOUT_S="${EDGETHUMB_MOTO_START_TIMEOUT_S:-60}"
 MOTO_PID=""
@@ -217,6 +220,12 @@ run_edge_e2e() {
   bash "$ROOT/scripts/test_edge.sh"
 }
 
+# ---- fault-injecting proxy (see docs/reliability.md) ----
+# Starts its own moto_server and proxies on free 127.0.0.1 ports; needs only the .venv.
+run_faultproxy_tests() {
+  "$VENV/bin/python" -m pytest "$ROOT/tests/faultproxy" -q -p no:cacheprovider
+}
+
 # ---- deployment (owner: deploy; see docs/deploy.md) ----
 validate_deploy() {
   bash "$ROOT/scripts/validate_deploy.sh"
@@ -285,6 +294,7 @@ main() {
   step cargo-test run_cargo_tests "$@"
   step edge-e2e run_edge_e2e
   step deploy validate_deploy
+  step faultproxy run_faultproxy_tests
 }
 
 main "$@"
