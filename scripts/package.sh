@@ -83,7 +83,9 @@ human() { numfmt --to=iec-i --suffix=B "$1" 2>/dev/null || echo "$1 bytes"; }
 
 ensure_tools
 mkdir -p "$OUT"
-release="$ROOT/target/$TARGET/release"
+# Where cargo puts the build (CARGO_TARGET_DIR lets several checkouts share one dependency
+# cache); the packaged zips always go under this checkout's target/lambda.
+release="${CARGO_TARGET_DIR:-$ROOT/target}/$TARGET/release"
 started=$(date +%s)
 
 if [ "$only" != worker ]; then
