@@ -636,3 +636,35 @@ fn reference_matches_prepare_size_and_content() {
     );
     assert_eq!(fast.output_format(&p), OutputFormat::Jpeg);
 }
+
+/// An EXIF block whose links are broken (IFD0's next-IFD pointing back at IFD0, the Exif
+/// sub-IFD pointer far past the end, as metadata strippers and maker notes leave them) still
+/// carries IFD0's Orientation, and browsers honour it: so do we.
+#[test]
+fn a_damaged_exif_block_still_rotates_the_thumbnail() {
+    // Big-endian TIFF: IFD0 at 8 with Orientation 6 and an ExifIFD pointer to 0x7FFF0000;
+    // next-IFD offset 8 (IFD0 itself).
+    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+    tiff.extend_from_slice(&2u16.to_be_bytes());
+    for (tag, kind, value) in [(0x0112u16, 3u16, 6u32 << 16), (0x8769, 4, 0x7FFF_0000)] {
+        tiff.extend_from_slice(&tag.to_be_bytes());
+        tiff.extend_from_slice(&kind.to_be_bytes());
+        tiff.extend_from_slice(&1u32.to_be_bytes());
+        tiff.extend_from_slice(&value.to_be_bytes());
+    }
+    tiff.extend_from_slice(&8u32.to_be_bytes());
+    let (w, h) = (320u32, 240u32);
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 92);
+    enc.add_exif_metadata(&tiff).unwrap();
+    enc.encode(
+        &gradient_rgb(w, h),
+        w as u16,
+        h as u16,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .unwrap();
+    let rendered = render(&out, "120w.png");
+    // Orientation 6 displays the stored 320×240 as 240×320: 120 wide means 160 high.
+    assert_eq!((rendered.width, rendered.height), (120, 160));
+}
