@@ -15,6 +15,7 @@ pub mod host;
 pub mod job;
 #[cfg(feature = "local")]
 mod local_files;
+pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod store;

@@ -392,3 +392,66 @@ async fn a_render_past_its_deadline_is_a_503_that_reports_its_time() {
     assert!(timings.render > std::time::Duration::ZERO, "{timings:?}");
     assert_eq!(rig.queue.len(), 1, "the worker still gets the job");
 }
+
+/// Every miss is one EMF line that CloudWatch accepts, with the status class, the format
+/// and what happened; a registry (as `serve` uses) counts the same.
+#[tokio::test]
+async fn every_miss_emits_valid_metrics() {
+    use edgethumb::metrics::{self, EmfRecorder, MetricsSink, Registry, validate_emf};
+    let recorder = Arc::new(EmfRecorder::default());
+    let registry = Arc::new(Registry::new());
+    struct Both(Arc<EmfRecorder>, Arc<Registry>);
+    impl MetricsSink for Both {
+        fn record(&self, o: &metrics::Observation) {
+            self.0.record(o);
+            self.1.record(o);
+        }
+    }
+    let budget = 200_000usize;
+    let queue = MemoryQueue::new("q").with_max_message_bytes(10); // every enqueue fails
+    let mut rig = rig_with(
+        config(&format!(r#", "response_budget_bytes": {budget}"#)),
+        queue,
+    );
+    rig.handler = rig
+        .handler
+        .with_metrics(Arc::new(Both(recorder.clone(), registry.clone())));
+    put(&rig.store, "photos/cat.jpg", jpeg(640, 480)).await;
+    put(&rig.store, "noise.jpg", noise_jpeg(2048, 2048)).await;
+    for (uri, status) in [
+        ("/photos/cat.jpg@200w.webp", "200"),
+        ("/photos/cat.jpg@200x", "400"),
+        ("/photos/nope.jpg@200w", "404"),
+        ("/noise.jpg@100p.png", "503"),
+    ] {
+        let r = generated(rig.handler.handle(&miss_for(uri)).await);
+        assert_eq!(r.status, status, "{uri}");
+    }
+    // A hit is not a miss: no line.
+    assert_eq!(
+        rig.handler.handle(&event("hit-200")).await,
+        EdgeOutcome::PassThrough
+    );
+    let lines = recorder.lines();
+    assert_eq!(lines.len(), 4);
+    for line in &lines {
+        validate_emf(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["StatusClass"], "2xx");
+    assert_eq!(first["Format"], "webp");
+    assert_eq!(first["EnqueueFailures"], 1.0);
+    assert!(first["OutputBytes"].as_f64().unwrap() > 0.0);
+    let over: serde_json::Value = serde_json::from_str(&lines[3]).unwrap();
+    assert_eq!(over["OverBudget"], 1.0);
+    assert_eq!(over["StatusClass"], "5xx");
+    let count = |class: &str, format: &str| {
+        registry.value(
+            &metrics::EDGE_MISSES,
+            &[("StatusClass", class), ("Format", format)],
+        )
+    };
+    assert_eq!(count("2xx", "webp"), 1.0);
+    assert_eq!(count("4xx", "none"), 2.0);
+    assert_eq!(count("5xx", "none"), 1.0);
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use tokio::time::Instant;
 
+use edgethumb::metrics::EmfStdout;
 use edgethumb::store::ObjectStore;
 use edgethumb::worker::{BucketStores, ConfigError, Record, Worker, WorkerConfig};
 
@@ -52,7 +53,8 @@ pub fn settings_from_env() -> AwsSettings {
 pub async fn lambda_worker_from_env() -> Result<Worker<S3Buckets>, ConfigError> {
     let config = WorkerConfig::from_env()?;
     let client = settings_from_env().s3_client().await;
-    Ok(Worker::new(S3Buckets::new(client), config))
+    // Metrics as CloudWatch EMF lines on stdout, beside the JSON logs.
+    Ok(Worker::new(S3Buckets::new(client), config).with_metrics(Arc::new(EmfStdout)))
 }
 
 /// The Lambda entry: the event's records through [`Worker::failed_ids`]; every record not

@@ -16,6 +16,7 @@ use super::cloudfront::{Event, Headers, Response, header};
 use super::config::EdgeConfig;
 use super::origin::{BucketLocation, bucket_location};
 use crate::job::{Job, JobReason};
+use crate::metrics::{self, MetricsSink, NoMetrics, Observation};
 use crate::pipeline::{self, EncodeSpec, PipelineError, Profile};
 use crate::queue::JobQueue;
 use crate::store::{ObjectStore, StoreError};
@@ -56,6 +57,17 @@ impl MissTimings {
             ms(self.total)
         )
     }
+}
+
+/// What a miss did besides its timings, for the metrics.
+#[derive(Debug, Clone, Default)]
+struct MissFacts {
+    /// Output format's extension when an image was returned.
+    format: Option<&'static str>,
+    output_bytes: usize,
+    reencoded: bool,
+    over_budget: bool,
+    enqueue_failed: bool,
 }
 
 /// What to do with CloudFront's response.
@@ -137,6 +149,22 @@ impl From<StoreError> for MissError {
     }
 }
 
+/// The metrics of one miss (docs/operations.md): low-cardinality dimensions only.
+fn miss_observation(response: &Response, timings: &MissTimings, facts: &MissFacts) -> Observation {
+    Observation::new("edge")
+        .dimension("StatusClass", metrics::status_class(&response.status))
+        .dimension("Format", facts.format.unwrap_or("none"))
+        .count(&metrics::EDGE_MISSES, true)
+        .duration(&metrics::EDGE_MISS_LATENCY, timings.total)
+        .duration(&metrics::EDGE_FETCH_TIME, timings.fetch)
+        .duration(&metrics::EDGE_RENDER_TIME, timings.render)
+        .duration(&metrics::EDGE_ENQUEUE_TIME, timings.enqueue)
+        .value(&metrics::EDGE_OUTPUT_BYTES, facts.output_bytes as f64)
+        .count(&metrics::EDGE_REENCODED, facts.reencoded)
+        .count(&metrics::EDGE_OVER_BUDGET, facts.over_budget)
+        .count(&metrics::EDGE_ENQUEUE_FAILURES, facts.enqueue_failed)
+}
+
 /// How long past the render deadline the handler waits for the render task before it
 /// answers 503 anyway (the pipeline's own deadline checks normally answer first).
 const RENDER_GRACE: Duration = Duration::from_millis(250);
@@ -164,6 +192,7 @@ pub struct EdgeHandler<Q, O> {
     config: EdgeConfig,
     queue: Q,
     stores: O,
+    metrics: Arc<dyn MetricsSink>,
 }
 
 /// The request key (without the leading `/`) if the URI names a variant.
@@ -181,7 +210,14 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
             config,
             queue,
             stores,
+            metrics: Arc::new(NoMetrics),
         }
+    }
+
+    /// Where each miss's observation goes (EMF on Lambda, a registry in `serve`).
+    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsSink>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn config(&self) -> &EdgeConfig {
@@ -213,10 +249,12 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
         }
         let started = Instant::now();
         let mut timings = MissTimings::default();
+        let mut facts = MissFacts::default();
         let uri = cf.request.uri.as_str();
-        let mut response = match self.render_miss(cf, &mut timings).await {
+        let mut response = match self.render_miss(cf, &mut timings, &mut facts).await {
             Ok(response) => response,
             Err(error) => {
+                facts.over_budget = matches!(error, MissError::OverBudget(_));
                 let (code, _) = error.status();
                 warn!(
                     event = "edge.miss_failed",
@@ -247,6 +285,8 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
             enqueue_ms = timings.enqueue.as_millis() as u64,
             total_ms = timings.total.as_millis() as u64,
         );
+        self.metrics
+            .record(&miss_observation(&response, &timings, &facts));
         EdgeOutcome::Generated { response, timings }
     }
 
@@ -254,6 +294,7 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
         &self,
         cf: &super::cloudfront::CfPayload,
         timings: &mut MissTimings,
+        facts: &mut MissFacts,
     ) -> Result<Response, MissError> {
         let key = decoded_key(&cf.request.uri)?;
         let variant = VariantKey::parse(&key).map_err(|e| MissError::BadRequest(e.to_string()))?;
@@ -298,6 +339,7 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
         // The time spent, whether the render succeeded or not (a 503 after a deadline
         // should say how long it tried).
         timings.render = render_time;
+        facts.enqueue_failed = enqueued.is_err();
         if let Err(error) = enqueued {
             // Still serve the image: the next miss enqueues again.
             warn!(
@@ -308,6 +350,9 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
             );
         }
         let fitted = rendered?;
+        facts.format = Some(fitted.spec.format.extension());
+        facts.output_bytes = fitted.bytes.len();
+        facts.reencoded = fitted.attempts > 1;
         let mut response = self.image_response(&fitted.bytes, fitted.spec, timings);
         response.body = Some(base64::engine::general_purpose::STANDARD.encode(&fitted.bytes));
         if fitted.attempts > 1 {

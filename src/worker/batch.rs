@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 use super::process::{self, KeyOutcome, MemoryGate, RenderFailure, RenderReport, RenderTask};
 use super::{BucketStores, WorkerConfig};
 use crate::job::Job;
+use crate::metrics::{self, MetricsSink, NoMetrics, Observation};
 use crate::variant::VariantKey;
 
 /// One queue message.
@@ -70,6 +71,7 @@ pub struct Worker<S> {
     config: WorkerConfig,
     cpu: Arc<Semaphore>,
     memory: Arc<Semaphore>,
+    metrics: Arc<dyn MetricsSink>,
 }
 
 /// Memory permits are MiB of the budget.
@@ -113,7 +115,14 @@ impl<S: BucketStores> Worker<S> {
             cpu: Arc::new(Semaphore::new(concurrency)),
             memory: Arc::new(Semaphore::new(budget as usize)),
             config,
+            metrics: Arc::new(NoMetrics),
         }
+    }
+
+    /// Where each record's observation goes (EMF on Lambda, a registry in `serve`).
+    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsSink>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn config(&self) -> &WorkerConfig {
@@ -154,6 +163,7 @@ impl<S: BucketStores> Worker<S> {
             match self.admit(record) {
                 Err(failure) => {
                     log_failure(record, &failure, None);
+                    self.metrics.record(&failure_observation(record, &failure));
                     outcomes[index] = Some(RecordOutcome::failed(&failure));
                 }
                 Ok((job, variant)) => {
@@ -201,10 +211,17 @@ impl<S: BucketStores> Worker<S> {
                         let key_outcome =
                             keys.get(key_index).cloned().unwrap_or(KeyOutcome::Current);
                         log_done(record, &group.task, key_index, &key_outcome, report);
+                        self.metrics.record(&done_observation(
+                            record,
+                            &group.task,
+                            &key_outcome,
+                            report,
+                        ));
                         RecordOutcome::Done(key_outcome)
                     }
                     Err(failure) => {
                         log_failure(record, failure, Some(&group.task));
+                        self.metrics.record(&failure_observation(record, failure));
                         RecordOutcome::failed(failure)
                     }
                 };
@@ -272,6 +289,58 @@ impl<S: BucketStores> Worker<S> {
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
+}
+
+/// A finished record's metrics: written or already current.
+fn done_observation(
+    record: &Record,
+    task: &RenderTask,
+    outcome: &KeyOutcome,
+    report: &RenderReport,
+) -> Observation {
+    let format = task.params.format.map_or("source", |f| f.extension());
+    let base = Observation::new("worker")
+        .dimension("Format", format)
+        .count(&metrics::WORKER_JOBS, true)
+        .count(&metrics::WORKER_RETRIES, record.receive_count > 1)
+        .value(&metrics::WORKER_SOURCE_BYTES, report.source_bytes as f64);
+    match outcome {
+        KeyOutcome::Written {
+            bytes,
+            quality,
+            score,
+            ..
+        } => {
+            let mut o = base
+                .dimension("Outcome", "written")
+                .duration(&metrics::WORKER_RENDER_TIME, report.render)
+                .value(&metrics::WORKER_QUALITY, f64::from(*quality))
+                .value(&metrics::WORKER_OUTPUT_BYTES, *bytes as f64);
+            if let Some(score) = score {
+                o = o.value(&metrics::WORKER_SCORE, *score);
+            }
+            o
+        }
+        KeyOutcome::Current => base.dimension("Outcome", "current"),
+    }
+}
+
+/// A failed record's metrics, by outcome (retryable or permanent) and reason (its kind).
+fn failure_observation(record: &Record, failure: &RenderFailure) -> Observation {
+    let permanent = !failure.is_retryable();
+    Observation::new("worker")
+        .dimension(
+            "Outcome",
+            if permanent {
+                "permanent-failure"
+            } else {
+                "retryable-failure"
+            },
+        )
+        .dimension("Reason", failure.kind())
+        .count(&metrics::WORKER_JOBS, true)
+        .count(&metrics::WORKER_RETRIES, record.receive_count > 1)
+        .count(&metrics::WORKER_DEAD_LETTER, permanent)
 }
 
 fn log_done(

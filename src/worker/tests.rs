@@ -743,3 +743,61 @@ fn failures_not_of_the_sources_making_are_retried() {
         (false, "over-limits")
     );
 }
+
+/// Every record is one EMF line CloudWatch accepts: written (with quality, bytes, time),
+/// current, and failures by outcome and reason (permanent ones counted towards the DLQ).
+#[tokio::test]
+async fn every_record_emits_valid_metrics() {
+    use crate::metrics::{EmfRecorder, validate_emf};
+    let store = setup().await;
+    put_original(&store, "photos/random.jpg", vec![0xFF, 0xD8, 1, 2, 3, 4, 5]).await;
+    let recorder = Arc::new(EmfRecorder::default());
+    let w = worker(store.clone(), config()).with_metrics(recorder.clone());
+    let mut again = record("again", job("photos/cat.jpg@80w.webp"));
+    again.receive_count = 3;
+    let records = vec![
+        record("good", job("photos/cat.jpg@80w.webp")),
+        record("poison", "{not json".into()),
+        record("corrupt", job("photos/random.jpg@80w")),
+    ];
+    let out = run(&w, &records).await;
+    assert!(out[0].is_done());
+    // The same variant again: already current.
+    let out = run(&w, &[again]).await;
+    assert!(out[0].is_done());
+    let lines = recorder.lines();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| {
+            validate_emf(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            serde_json::from_str(l).unwrap()
+        })
+        .collect();
+    let by_outcome = |outcome: &str| {
+        parsed
+            .iter()
+            .find(|p| p["Outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {outcome} line in {lines:#?}"))
+    };
+    let written = by_outcome("written");
+    assert_eq!(written["Format"], "webp");
+    assert!(written["ChosenQuality"].as_f64().unwrap() > 0.0);
+    assert!(written["OutputBytes"].as_f64().unwrap() > 0.0);
+    let permanent: Vec<_> = parsed
+        .iter()
+        .filter(|p| p["Outcome"] == "permanent-failure")
+        .collect();
+    assert_eq!(permanent.len(), 2);
+    assert!(permanent.iter().all(|p| p["TowardsDeadLetter"] == 1.0));
+    let reasons: Vec<&str> = permanent
+        .iter()
+        .map(|p| p["Reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.contains(&"invalid-job") && reasons.contains(&"undecodable"),
+        "{reasons:?}"
+    );
+    let current = by_outcome("current");
+    assert_eq!(current["Redeliveries"], 1.0);
+}

@@ -9,6 +9,7 @@ mod adapters;
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tracing::{error, warn};
@@ -16,6 +17,7 @@ use tracing::{error, warn};
 use edgethumb::edge::EdgeHandler;
 use edgethumb::edge::cloudfront::{Headers, Response, header};
 use edgethumb::edge::config::{ConfigError, EdgeConfig};
+use edgethumb::metrics::{EmfStdout, MetricsSink, Observation};
 
 pub use adapters::{AwsEdgeAdapters, RegionCache, S3OriginStores};
 
@@ -42,10 +44,20 @@ pub struct EdgeService {
 impl EdgeService {
     /// Build the clients for this config. No network I/O: credentials and connections are
     /// resolved by the first request, so a cold start pays only for what it uses.
+    ///
+    /// Metrics go out as CloudWatch EMF lines on stdout; this container's cold start is
+    /// the first of them.
     pub async fn from_config(config: EdgeConfig) -> Self {
+        let started = std::time::Instant::now();
         let AwsEdgeAdapters { queue, stores } = AwsEdgeAdapters::new(&config).await;
+        let metrics: Arc<dyn MetricsSink> = Arc::new(EmfStdout);
+        metrics.record(
+            &Observation::new("edge")
+                .count(&edgethumb::metrics::EDGE_COLD_STARTS, true)
+                .duration(&edgethumb::metrics::EDGE_INIT_TIME, started.elapsed()),
+        );
         EdgeService {
-            handler: EdgeHandler::new(config, queue, stores),
+            handler: EdgeHandler::new(config, queue, stores).with_metrics(metrics),
         }
     }
 
