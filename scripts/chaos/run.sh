@@ -43,8 +43,8 @@ run() { # NAME command...
   cat "$out/$name.json"
 }
 
-run worker "$PY" chaos_worker.py --seed "$SEED" "${flags[@]}"
-run sigkill "$PY" chaos_worker.py --seed "$((SEED + 1))" --sigkill 2 "${flags[@]}"
+run worker "$PY" chaos_worker.py --seed "$SEED" --deadline 3000 "${flags[@]}"
+run sigkill "$PY" chaos_worker.py --seed "$((SEED + 1))" --sigkill 2 --deadline 3000 "${flags[@]}"
 run edge "$PY" chaos_edge.py --seed "$SEED" "${flags[@]}"
 run load "$PY" load_serve.py --seed "$SEED" "${flags[@]}"
 
