@@ -22,6 +22,11 @@
 #                     tools in .venv-deploy (scripts/validate_deploy.sh).
 # 6. run_faultproxy_tests  pytest tests/faultproxy: scripts/faultproxy.py (the fault-injecting
 #                     proxy of docs/reliability.md) against its own moto_server; about 10 s.
+# 7. run_chaos        scripts/chaos/run.sh short: the seeded short chaos runs (worker with
+#                     10 % faults and poison messages, the same with SIGKILLs, misses through
+#                     the packaged edge bundle under node) and a 5 s wrk load on serve; each
+#                     with its own moto_server and fault proxy; about 3 minutes.
+#                     EDGETHUMB_SKIP_CHAOS=1 skips it, loudly.
 #
 # Each step's wall time is logged as it ends, and all of them in a summary on exit (also when
 # a step fails). With CI=true, CARGO_INCREMENTAL defaults to 0: a cold CI build compiles each
@@ -34,8 +39,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 # Pinned: the tests rely on moto's wire behaviour (SQS JSON protocol, /moto-api/reset).
-# pytest runs tests/faultproxy (scripts/faultproxy.py).
-PY_REQUIREMENTS=("moto[s3,sqs]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5" "pytest==9.2.0")
+# pytest runs tests/faultproxy (scripts/faultproxy.py). pillow is the chaos runs' independent
+# decoder of the variants (scripts/chaos/).
+PY_REQUIREMENTS=("moto[s3,sqs]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5" "pytest==9.2.0" "pillow==13.0.0")
 MOTO_LOG="$ROOT/.cache/moto_server.log"
 MOTO_START_TIMEOUT_S="${EDGETHUMB_MOTO_START_TIMEOUT_S:-60}"
 MOTO_PID=""
@@ -226,6 +232,17 @@ run_faultproxy_tests() {
   "$VENV/bin/python" -m pytest "$ROOT/tests/faultproxy" -q -p no:cacheprovider
 }
 
+# ---- chaos and load runs, short seeded variants (see docs/reliability.md) ----
+# Needs the CLI binary of the cargo-test step, the edge bundle of the edge-e2e step, node, wrk.
+run_chaos() {
+  if [ "${EDGETHUMB_SKIP_CHAOS:-0}" = 1 ]; then
+    log "!!! SKIPPED: chaos runs (EDGETHUMB_SKIP_CHAOS=1) !!!"
+    return 0
+  fi
+  (cd "$ROOT" && cargo build --workspace --bin edgethumb)
+  CHAOS_OUT="$ROOT/.cache/chaos/short" bash "$ROOT/scripts/chaos/run.sh" short >/dev/null
+}
+
 # ---- deployment (owner: deploy; see docs/deploy.md) ----
 validate_deploy() {
   bash "$ROOT/scripts/validate_deploy.sh"
@@ -265,14 +282,18 @@ run_viewer_js_tests() {
   node --test tests/viewer/
 }
 
+# wrk is the load generator of the chaos step's load run on serve.
 setup_system_packages() {
-  command -v nasm >/dev/null && return 0
-  [ "$(id -u)" = 0 ] || die "nasm is missing: apt-get install nasm (needs root)"
-  log "installing nasm (apt)"
+  local missing=()
+  command -v nasm >/dev/null || missing+=(nasm)
+  command -v wrk >/dev/null || missing+=(wrk)
+  [ "${#missing[@]}" = 0 ] && return 0
+  [ "$(id -u)" = 0 ] || die "${missing[*]} missing: apt-get install ${missing[*]} (needs root)"
+  log "installing ${missing[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -q nasm >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null && apt-get install -y -q nasm >/dev/null; } \
-    || die "apt-get install nasm failed"
+  apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; } \
+    || die "apt-get install ${missing[*]} failed"
 }
 
 main() {
@@ -295,6 +316,7 @@ main() {
   step edge-e2e run_edge_e2e
   step deploy validate_deploy
   step faultproxy run_faultproxy_tests
+  step chaos run_chaos
 }
 
 main "$@"

@@ -6,6 +6,7 @@
     clippy::undocumented_unsafe_blocks
 )] // test code
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +16,7 @@ use edgethumb::edge::{BucketLocation, EdgeConfig, EdgeHandler, EdgeOutcome};
 use edgethumb::job::{Job, JobReason};
 use edgethumb::queue::memory::MemoryQueue;
 use edgethumb::store::memory::MemoryStore;
-use edgethumb::store::{ObjectStore, PutRequest};
+use edgethumb::store::{ListPage, ObjectInfo, ObjectStore, PutRequest, StoreError};
 
 type StoreFactory = Box<dyn Fn(&BucketLocation) -> Arc<dyn ObjectStore> + Send + Sync>;
 type Handler = EdgeHandler<Arc<MemoryQueue>, StoreFactory>;
@@ -324,6 +325,84 @@ async fn a_failing_queue_still_serves_the_image() {
     let r = generated(rig.handler.handle(&event("miss-404")).await);
     assert_eq!(r.status, "200");
     assert!(rig.queue.is_empty());
+}
+
+/// A store whose reads of the original fail the way S3 does under faults; everything else
+/// is a memory store.
+struct FailingReads {
+    inner: MemoryStore,
+    retryable: bool,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FailingReads {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+    async fn get(
+        &self,
+        key: &str,
+        _max_bytes: u64,
+    ) -> Result<Option<edgethumb::store::Object>, StoreError> {
+        Err(StoreError::Backend {
+            operation: "GetObject",
+            bucket: "photos-bucket".into(),
+            key: key.into(),
+            retryable: self.retryable,
+            message: "reading body: connection reset".into(),
+        })
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        request: PutRequest,
+    ) -> Result<ObjectInfo, StoreError> {
+        self.inner.put(key, body, request).await
+    }
+    async fn tags(&self, key: &str) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        self.inner.tags(key).await
+    }
+    async fn list_page(
+        &self,
+        prefix: &str,
+        continuation: Option<String>,
+        page_size: u32,
+    ) -> Result<ListPage, StoreError> {
+        self.inner.list_page(prefix, continuation, page_size).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// Regression (issue 18 chaos run): a throttled, failed or cut GetObject of the original was
+/// answered 502 with the error cache policy and no Retry-After, so CloudFront cached a
+/// transient failure. It must be a 503 with Retry-After and no-store; a failure that
+/// retrying cannot fix stays a 502. No job is sent: the original was never read.
+#[tokio::test]
+async fn an_original_that_cannot_be_read_now_is_a_503_with_retry_after() {
+    for (retryable, status) in [(true, "503"), (false, "502")] {
+        let queue = Arc::new(MemoryQueue::new("q"));
+        let store: Arc<dyn ObjectStore> = Arc::new(FailingReads {
+            inner: MemoryStore::new("photos-bucket"),
+            retryable,
+        });
+        let stores: StoreFactory = Box::new(move |_: &BucketLocation| store.clone());
+        let handler: Handler = EdgeHandler::new(config(""), queue.clone(), stores);
+        let r = generated(handler.handle(&event("miss-404")).await);
+        assert_eq!(r.status, status, "retryable {retryable}: {:?}", r.body);
+        if retryable {
+            assert_eq!(header(&r, "retry-after"), "5");
+            assert_eq!(header(&r, "cache-control"), "no-store");
+        } else {
+            assert!(!r.headers.contains_key("retry-after"));
+        }
+        assert!(queue.is_empty());
+    }
 }
 
 fn miss_for(uri: &str) -> Event {

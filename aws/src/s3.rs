@@ -193,7 +193,7 @@ impl S3Store {
                 bucket: self.bucket.clone(),
                 key: key.to_string(),
                 retryable: true,
-                message: format!("reading body: {}", DisplayErrorContext(&e)),
+                message: format!("{BODY_READ_FAILURE}: {}", DisplayErrorContext(&e)),
             })?;
             if (buf.len() + chunk.len()) as u64 > max_bytes {
                 return Err(StoreError::TooLarge {
@@ -205,35 +205,26 @@ impl S3Store {
             }
             buf.extend_from_slice(&chunk);
         }
+        // A body that ended early without a transport error (a close-delimited or
+        // mis-framed response) must never pass for the object: it would be decoded, or
+        // worse, rendered into a variant.
+        if size_hint > 0 && buf.len() as u64 != size_hint {
+            return Err(StoreError::Backend {
+                operation: "GetObject",
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+                retryable: true,
+                message: format!(
+                    "{BODY_READ_FAILURE}: got {} of {size_hint} bytes",
+                    buf.len()
+                ),
+            });
+        }
         Ok(buf.freeze())
     }
-}
 
-fn to_system_time(t: Option<&DateTime>) -> Option<SystemTime> {
-    t.and_then(|t| SystemTime::try_from(*t).ok())
-}
-
-fn lowercase_metadata(m: Option<&HashMap<String, String>>) -> BTreeMap<String, String> {
-    m.map(|m| {
-        m.iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
-fn non_negative(n: Option<i64>) -> u64 {
-    n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
-}
-
-#[async_trait]
-impl ObjectStore for S3Store {
-    fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    async fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Object>, StoreError> {
-        check_s3_key(key)?;
+    /// One GetObject: the response head, then the body.
+    async fn get_once(&self, key: &str, max_bytes: u64) -> Result<Option<Object>, StoreError> {
         let output = match self
             .client
             .get_object()
@@ -276,6 +267,66 @@ impl ObjectStore for S3Store {
             ..info
         };
         Ok(Some(Object { info, body }))
+    }
+}
+
+/// GetObjects tried in all when the body read fails (the first one included).
+const BODY_READ_ATTEMPTS: u32 = 3;
+/// Pause before the second try; the third waits twice as long.
+const BODY_READ_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+/// How a failed body read starts its message (see [`is_body_read_failure`]).
+const BODY_READ_FAILURE: &str = "reading body";
+
+/// Whether a GetObject failed while its body was read (after the SDK's own retries ended).
+fn is_body_read_failure(error: &StoreError) -> bool {
+    matches!(error, StoreError::Backend { operation: "GetObject", message, .. }
+        if message.starts_with(BODY_READ_FAILURE))
+}
+
+fn to_system_time(t: Option<&DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+fn lowercase_metadata(m: Option<&HashMap<String, String>>) -> BTreeMap<String, String> {
+    m.map(|m| {
+        m.iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn non_negative(n: Option<i64>) -> u64 {
+    n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Object>, StoreError> {
+        check_s3_key(key)?;
+        // The SDK retries GetObject only until the response head arrives: the body is read
+        // afterwards, by us, and a connection reset or a short body there reaches the caller
+        // as a failed read. Try the whole GET again a few times, as the SDK does for any
+        // other transient failure, so one cut connection does not fail a miss or a job.
+        let mut attempt = 1;
+        loop {
+            match self.get_once(key, max_bytes).await {
+                Err(
+                    error @ StoreError::Backend {
+                        retryable: true, ..
+                    },
+                ) if attempt < BODY_READ_ATTEMPTS && is_body_read_failure(&error) => {
+                    tracing::debug!(event = "s3.get_retry", key, attempt, error = %error);
+                    tokio::time::sleep(BODY_READ_BACKOFF * attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {

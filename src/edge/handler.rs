@@ -37,13 +37,17 @@ where
     }
 }
 
-/// How long each step of a miss took, for logs and `Server-Timing`.
+/// How long each step of a miss took, for logs and `Server-Timing`, and whether its job
+/// reached the queue.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MissTimings {
     pub fetch: Duration,
     pub render: Duration,
     pub enqueue: Duration,
     pub total: Duration,
+    /// `Some(true)` once the queue accepted the job, `Some(false)` if sending it failed,
+    /// `None` if the miss ended before a job could be sent (bad URL, original unavailable).
+    pub job_sent: Option<bool>,
 }
 
 impl MissTimings {
@@ -144,6 +148,10 @@ impl From<StoreError> for MissError {
         match e {
             StoreError::TooLarge { .. } => MissError::TooLarge(e.to_string()),
             StoreError::InvalidKey { .. } => MissError::BadRequest(e.to_string()),
+            // Throttling, 5xx, a reset or short body: the next try may well succeed, so
+            // answer as for any transient failure (503, Retry-After, no-store) rather than
+            // with a 502 that CloudFront would cache as an error.
+            _ if e.is_retryable() => MissError::Unavailable(format!("origin unavailable: {e}")),
             _ => MissError::Origin(e.to_string()),
         }
     }
@@ -284,6 +292,11 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
             render_ms = timings.render.as_millis() as u64,
             enqueue_ms = timings.enqueue.as_millis() as u64,
             total_ms = timings.total.as_millis() as u64,
+            job = match timings.job_sent {
+                Some(true) => "sent",
+                Some(false) => "failed",
+                None => "none",
+            },
         );
         self.metrics
             .record(&miss_observation(&response, &timings, &facts));
@@ -336,6 +349,7 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
         let render = self.render(original.body.clone(), variant.clone());
         let ((enqueued, enqueue_time), (rendered, render_time)) = tokio::join!(enqueue, render);
         timings.enqueue = enqueue_time;
+        timings.job_sent = Some(enqueued.is_ok());
         // The time spent, whether the render succeeded or not (a 503 after a deadline
         // should say how long it tried).
         timings.render = render_time;
@@ -397,6 +411,7 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
                 render: Duration::from_secs(99),
                 enqueue: Duration::from_secs(99),
                 total: Duration::from_secs(99),
+                job_sent: None,
             };
             let mut r = self.image_response(&[], probe, &timings);
             r.body = Some(String::new());

@@ -41,6 +41,14 @@ pub const MAX_SERVED_BYTES: u64 = 256 * 1024 * 1024;
 const MIN_MISS_RENDERS: usize = 2;
 const MAX_MISS_RENDERS: usize = 16;
 
+/// Misses that may wait for a render slot, per slot. Beyond that a miss is shed at once.
+const MISS_WAITERS_PER_RENDER: usize = 4;
+/// How long a miss waits for a render slot before it is shed. A render of a typical photo
+/// takes well under a second on one core, so a miss that waited this long is behind a
+/// backlog the machine will not clear soon: answering 503 now lets the client come back
+/// (`Retry-After`) instead of holding its connection and our memory in an unbounded line.
+const MISS_MAX_WAIT: Duration = Duration::from_secs(2);
+
 /// Originals listed on the page at most; the page is for browsing, not an inventory.
 const MAX_LISTED_ORIGINALS: usize = 2000;
 /// Keys scanned at most when listing, so a huge bucket cannot stall the page.
@@ -70,6 +78,11 @@ pub struct App {
     /// process shares the machine, so a burst of misses (a page of new thumbnails, or a
     /// flood) queues instead of holding one decoded original per request in memory.
     miss_permits: tokio::sync::Semaphore,
+    /// Misses admitted at once (rendering or waiting for a `miss_permits` slot): the waiting
+    /// line is bounded in length as well as in time ([`MISS_MAX_WAIT`]).
+    miss_admitted: tokio::sync::Semaphore,
+    /// Seconds a shed miss tells the client to wait (`Retry-After`).
+    retry_after_seconds: u32,
 }
 
 impl App {
@@ -93,15 +106,17 @@ impl App {
             custom: None,
         };
         let error_cache_control = config.error_cache_control.clone();
+        let retry_after_seconds = config.retry_after_seconds;
+        let renders = edgethumb::available_cores().clamp(MIN_MISS_RENDERS, MAX_MISS_RENDERS);
         App {
             handler: EdgeHandler::new(config, queue, SingleOrigin(store.clone())),
             store,
             origin,
             error_cache_control,
             next_request: AtomicU64::new(1),
-            miss_permits: tokio::sync::Semaphore::new(
-                edgethumb::available_cores().clamp(MIN_MISS_RENDERS, MAX_MISS_RENDERS),
-            ),
+            miss_permits: tokio::sync::Semaphore::new(renders),
+            miss_admitted: tokio::sync::Semaphore::new(renders * (1 + MISS_WAITERS_PER_RENDER)),
+            retry_after_seconds,
         }
     }
 
@@ -152,6 +167,21 @@ impl App {
             headers.insert(header::CACHE_CONTROL, value);
         }
         headers.insert(X_EDGETHUMB, HeaderValue::from_static("error"));
+        response
+    }
+
+    /// A miss shed because the renders are saturated: 503 with `Retry-After` and
+    /// `no-store`, as the edge answers a render it cannot do now (CloudFront must not cache
+    /// it, and the client should come back).
+    fn busy(&self, why: &str) -> Response {
+        let mut response = self.error(StatusCode::SERVICE_UNAVAILABLE, why);
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(self.retry_after_seconds),
+        );
+        headers.insert(X_EDGETHUMB, HeaderValue::from_static("busy"));
         response
     }
 }
@@ -411,10 +441,18 @@ fn whole_seconds(time: SystemTime) -> SystemTime {
 /// The miss path: the edge handler, given what CloudFront would give it.
 async fn miss(app: &App, method: &Method, uri: &Uri) -> Response {
     let event = app.miss_event(method, uri);
-    // The semaphore is never closed, so acquiring only fails if it were; answer as the
-    // edge does when it cannot render now.
-    let Ok(_permit) = app.miss_permits.acquire().await else {
-        return app.error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    // Load shedding: a bounded line (miss_admitted), a bounded wait in it (MISS_MAX_WAIT),
+    // then 503 + Retry-After. Waiting without bound would let a flood of misses hold every
+    // connection (and its request) open for as long as the backlog lasts. The semaphores
+    // are never closed, so acquiring fails only by being full or by the timeout.
+    let Ok(_admitted) = app.miss_admitted.try_acquire() else {
+        debug!(event = "serve.miss_shed", reason = "line full");
+        return app.busy("busy: too many thumbnails rendering, try again shortly");
+    };
+    let Ok(Ok(_permit)) = tokio::time::timeout(MISS_MAX_WAIT, app.miss_permits.acquire()).await
+    else {
+        debug!(event = "serve.miss_shed", reason = "waited too long");
+        return app.busy("busy: too many thumbnails rendering, try again shortly");
     };
     match app.handler.handle(&event).await {
         // A real 404 (no `@` in the key): S3's answer goes back to the client.
@@ -570,6 +608,64 @@ mod tests {
             &headers(&[(header::IF_MODIFIED_SINCE, "garbage")]),
             &object
         ));
+    }
+
+    fn test_app() -> App {
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(edgethumb::store::memory::MemoryStore::new("bucket"));
+        let queue: Arc<dyn JobQueue> = Arc::new(edgethumb::queue::memory::MemoryQueue::new("q"));
+        let config = super::super::edge_config("q", "local").unwrap();
+        App::new(store, queue, config, "bucket")
+    }
+
+    fn miss_uri() -> Uri {
+        "/photos/none.jpg@20w.webp".parse().unwrap()
+    }
+
+    fn assert_shed(response: &Response) {
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(response.headers()[X_EDGETHUMB], "busy");
+    }
+
+    /// Regression (issue 18): with every render slot taken, a miss used to wait on the
+    /// semaphore for as long as the backlog lasted. It must be shed with 503 + Retry-After
+    /// after a bounded wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_waits_a_bounded_time_for_a_render_slot_then_is_shed() {
+        let app = test_app();
+        let slots = u32::try_from(app.miss_permits.available_permits()).unwrap();
+        let held = app.miss_permits.acquire_many(slots).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let response = tokio::time::timeout(
+            Duration::from_secs(600),
+            miss(&app, &Method::GET, &miss_uri()),
+        )
+        .await
+        .expect("a miss must not wait without bound for a render slot");
+        assert_shed(&response);
+        assert!(started.elapsed() >= MISS_MAX_WAIT);
+        assert!(started.elapsed() < MISS_MAX_WAIT + Duration::from_secs(1));
+        // Once a slot is free, misses are rendered again (here: no original, so 404).
+        drop(held);
+        let response = miss(&app, &Method::GET, &miss_uri()).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    /// The line of misses waiting for a slot is bounded in length: past it, a miss is shed
+    /// at once, without waiting at all.
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_beyond_the_waiting_line_is_shed_at_once() {
+        let app = test_app();
+        let admitted = u32::try_from(app.miss_admitted.available_permits()).unwrap();
+        let renders = app.miss_permits.available_permits();
+        assert!(admitted as usize > renders, "some misses may wait");
+        let _line = app.miss_admitted.acquire_many(admitted).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let response = miss(&app, &Method::GET, &miss_uri()).await;
+        assert_shed(&response);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[test]
