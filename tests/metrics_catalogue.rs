@@ -120,7 +120,7 @@ fn the_dashboard_names_only_emitted_metrics() {
     while let Some(at) = rest.find("${") {
         body.push_str(&rest[..at]);
         let close = rest[at..].find('}').unwrap() + at;
-        body.push_str("1");
+        body.push('1');
         rest = &rest[close + 1..];
     }
     body.push_str(rest);
