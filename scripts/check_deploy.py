@@ -16,7 +16,9 @@ just lose jobs). This reads the SAM/CloudFormation template with cfn-lint's own 
 * the IAM policies of those functions grant only what edgethumb needs;
 * the edge bundle (when present): zipped <= 50 MiB, unzipped <= 250 MB, the handler module
   at its root, and its baked-in edgethumb.json within the response budget;
-* an edge config file (when given): response_budget_bytes <= 1,000,000.
+* an edge config file (when given): response_budget_bytes <= 1,000,000;
+* the viewer-request CloudFront Function on the variants behaviour, its KeyValueStore and
+  its inline code (scripts/viewer_function.py).
 
 Values given by parameters are checked for every value the parameter admits (AllowedValues,
 else Default/MinValue/MaxValue), jointly when two values depend on the same parameter.
@@ -623,6 +625,16 @@ def load_template(path: Path) -> Template:
     return Template(data, path.name)
 
 
+def _load_sibling(name: str):
+    """A module beside this script (imported by path: the tests load this file by path too)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run(template_path: Path, edge_zip: Path | None, edge_config: Path | None) -> Report:
     tpl = load_template(template_path)
     report = Report()
@@ -645,6 +657,11 @@ def run(template_path: Path, edge_zip: Path | None, edge_config: Path | None) ->
     for logical_id, resource in tpl.resources.items():
         if resource.get("Type") == "AWS::SQS::Queue":
             check_redrive(tpl, logical_id, report)
+
+    # The viewer-request CloudFront Function and its KeyValueStore (scripts/viewer_function.py).
+    viewer_function = _load_sibling("viewer_function")
+    for fn in viewer_function.check(tpl.resources, report.add):
+        report.checked.append(f"viewer-request function {fn}")
 
     if edge_zip is not None and edge_zip.exists():
         handlers = {str(tpl.function_properties(fn).get("Handler")) for fn in edge_events if fn in tpl.resources}

@@ -267,6 +267,7 @@ Deployed stack $stack_name:
   queue        $(output_value "$STATE/outputs.json" QueueUrl)
   dead letters $(output_value "$STATE/outputs.json" DeadLetterQueueUrl)
   edge version $current_version
+  viewer guard $(output_value "$STATE/outputs.json" ViewerSettingsArn) (KeyValueStore; docs/deploy.md, "The viewer guard")
   (all outputs: $STATE/outputs.json; edge config: $STATE/edgethumb.json)
 EOF
 if [ -n "$previous_version" ] && [ "$previous_version" != "$current_version" ]; then

@@ -506,3 +506,447 @@ fn browser_page_shows_thumbnails() {
     };
     assert!(status.success(), "browser test failed: {status}");
 }
+
+// ------------------------------------------------------------ viewer-request rules (issue 14)
+
+/// Chrome's `Accept` for images (docs/edge.md, `.auto` table) and curl's.
+const CHROME_ACCEPT: &str = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
+const CURL_ACCEPT: &str = "*/*";
+/// A signing secret for the tests (16+ bytes, as the settings require).
+const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// The jobs waiting in a serve folder's spool (`ready/` and `inflight/`), parsed.
+fn spooled_jobs(dir: &Path) -> Vec<serde_json::Value> {
+    let mut jobs = Vec::new();
+    for sub in ["ready", "inflight"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(".edgethumb/queue").join(sub)) else {
+            continue;
+        };
+        for entry in entries {
+            let bytes = std::fs::read(entry.expect("entry").path()).expect("read job");
+            jobs.push(serde_json::from_slice(&bytes).expect("job JSON"));
+        }
+    }
+    jobs
+}
+
+/// File names in a folder, sorted (hidden ones left out).
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+fn write_settings(dir: &Path, json: &str) -> PathBuf {
+    let path = dir.join("viewer-settings.json");
+    std::fs::write(&path, json).expect("write settings");
+    path
+}
+
+/// `edgethumb sign ARGS...`: stdout lines, stderr, success.
+fn sign(args: &[&str]) -> (Vec<String>, String, bool) {
+    let output = Command::new(BIN)
+        .arg("sign")
+        .args(args)
+        .output()
+        .expect("run edgethumb sign");
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8 stdout");
+    (
+        stdout.lines().map(str::to_string).collect(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        output.status.success(),
+    )
+}
+
+/// Replace the signature of a signed URL with another valid-looking one.
+fn tamper_signature(url: &str) -> String {
+    let (head, signature) = url.rsplit_once("&s=").expect("a signed URL");
+    let mut bytes = signature.as_bytes().to_vec();
+    bytes[0] = if bytes[0] == b'A' { b'B' } else { b'A' };
+    format!("{head}&s={}", String::from_utf8(bytes).expect("ASCII"))
+}
+
+fn assert_viewer_reject(reply: &Reply, status: u16, message: &str) {
+    assert_eq!(
+        reply.status,
+        status,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(String::from_utf8_lossy(&reply.body), message);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(reply.header("x-edgethumb"), Some("viewer-reject"));
+}
+
+#[test]
+fn every_spelling_is_one_job_and_one_stored_variant() {
+    let (_temp, dir) = temp_folder();
+    write_original(&dir.join("photos/cat.png"));
+    let canonical = "photos/cat.png@200w_80q.webp";
+
+    // Without a worker the job stays in the spool: it names the canonical key, not the
+    // spelling asked for (the worker writes the job's key).
+    {
+        let mut serve = Serve::start(&dir, &["--no-worker"]);
+        let miss = get(&serve.url("/photos/cat.png@80q_200w_0e.WEBP?utm=1"), &[]);
+        assert_eq!(miss.status, 200, "{}", String::from_utf8_lossy(&miss.body));
+        assert_eq!(miss.header("x-edgethumb"), Some("miss"));
+        assert_eq!(miss.header("content-type"), Some("image/webp"));
+        assert_eq!(image_size(&miss.body), (200, 150));
+        assert!(serve.stop().success());
+    }
+    let jobs = spooled_jobs(&dir);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["variant_key"], canonical);
+    assert_eq!(jobs[0]["params"], "200w_80q.webp");
+
+    // The worker does that one job; every other spelling is then a hit on its variant and
+    // enqueues nothing.
+    let mut serve = Serve::start(&dir, &[]);
+    let (info, _tags) = wait_for_variant(&dir, canonical);
+    let etag = info.etag.expect("stored ETag");
+    for spelling in [
+        "/photos/cat.png@200w_80q.webp",
+        "/photos/cat.png@0200w_80q_100p.webp",
+        "/photos/c%61t.png%40200w_80q.WebP",
+        "/photos/cat.png@80q_200w.webp?k=x&s=y",
+    ] {
+        let hit = get(&serve.url(spelling), &[]);
+        assert_eq!(hit.status, 200, "{spelling}");
+        assert_eq!(hit.header("x-edgethumb"), Some("hit"), "{spelling}");
+        assert_eq!(hit.header("etag"), Some(etag.as_str()), "{spelling}");
+    }
+    assert!(serve.stop().success());
+    assert!(spooled_jobs(&dir).is_empty(), "a spelling enqueued a job");
+    assert_eq!(
+        names_in(&dir.join("photos")),
+        ["cat.png", "cat.png@200w_80q.webp"],
+        "one stored variant for every spelling"
+    );
+}
+
+#[test]
+fn auto_follows_the_browsers_accept_header() {
+    let (_temp, dir) = temp_folder();
+    write_original(&dir.join("cat.png"));
+    write_original(&dir.join("dog.jpg"));
+    let mut serve = Serve::start(&dir, &["--no-worker"]);
+    for (path, accept, content_type) in [
+        ("/cat.png@160w.auto", CHROME_ACCEPT, "image/webp"),
+        ("/cat.png@160w.AUTO", CURL_ACCEPT, "image/png"),
+        ("/dog.jpg@160w.auto", CHROME_ACCEPT, "image/webp"),
+        ("/dog.jpg@160w.auto", CURL_ACCEPT, "image/jpeg"),
+    ] {
+        let reply = get(&serve.url(path), &[("accept", accept)]);
+        assert_eq!(reply.status, 200, "{path} {accept}");
+        assert_eq!(
+            reply.header("content-type"),
+            Some(content_type),
+            "{path} with Accept {accept}"
+        );
+        assert_eq!(image_size(&reply.body), (160, 120));
+    }
+    assert!(serve.stop().success());
+    let mut keys: Vec<String> = spooled_jobs(&dir)
+        .iter()
+        .map(|job| job["variant_key"].as_str().expect("key").to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "cat.png@160w.png",
+            "cat.png@160w.webp",
+            "dog.jpg@160w.jpg",
+            "dog.jpg@160w.webp"
+        ],
+        ".auto never reaches the store"
+    );
+}
+
+#[test]
+fn signed_guard_and_edgethumb_sign() {
+    let (temp, dir) = temp_folder();
+    write_original(&dir.join("photos/cat.png"));
+    let settings = write_settings(
+        temp.path(),
+        &format!(r#"{{"guard":"signed","key:2026a":"{SECRET}","key:2026b":"{SECRET}-new"}}"#),
+    );
+    let settings_arg = settings.to_str().expect("UTF-8 path");
+
+    // `sign`: canonical path, the key id asked for; refuses what it cannot sign.
+    let (urls, stderr, ok) = sign(&[
+        "--settings",
+        settings_arg,
+        "--key-id",
+        "2026b",
+        "http://img.example.com/photos/cat.png@0200w.AUTO?old=1",
+        "/photos/cat.png@120w_80q.webp",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(urls.len(), 2);
+    assert!(
+        urls[0].starts_with("http://img.example.com/photos/cat.png@200w.auto?k=2026b&s="),
+        "{}",
+        urls[0]
+    );
+    assert!(urls[1].starts_with("/photos/cat.png@120w_80q.webp?k=2026b&s="));
+    let (_, stderr, ok) = sign(&["--settings", settings_arg, "/photos/cat.png@1w"]);
+    assert!(!ok && stderr.contains("2026a, 2026b"), "{stderr}");
+    let (_, stderr, ok) = sign(&[
+        "--settings",
+        settings_arg,
+        "--key-id",
+        "2026a",
+        "/photos/cat.png@200x",
+    ]);
+    assert!(!ok && stderr.contains("200x"), "{stderr}");
+
+    let mut serve = Serve::start(&dir, &["--no-worker", "--viewer-settings", settings_arg]);
+    let path = urls[0].trim_start_matches("http://img.example.com");
+    let good = get(&serve.url(path), &[("accept", CHROME_ACCEPT)]);
+    assert_eq!(good.status, 200, "{}", String::from_utf8_lossy(&good.body));
+    assert_eq!(good.header("content-type"), Some("image/webp"));
+    assert_eq!(image_size(&good.body), (200, 150));
+    // The same signature covers every spelling of the variant.
+    let query = path.split_once('?').expect("query").1;
+    let respelled = get(
+        &serve.url(&format!("/photos/cat.png@200w_0e.auto?{query}")),
+        &[("accept", CURL_ACCEPT)],
+    );
+    assert_eq!(respelled.status, 200);
+    assert_eq!(respelled.header("content-type"), Some("image/png"));
+
+    assert_viewer_reject(
+        &get(&serve.url(&tamper_signature(path)), &[]),
+        403,
+        "bad signature",
+    );
+    assert_viewer_reject(
+        &get(
+            &serve.url(&format!("/photos/cat.png@201w.auto?{query}")),
+            &[],
+        ),
+        403,
+        "bad signature",
+    );
+    assert_viewer_reject(
+        &get(&serve.url("/photos/cat.png@200w.auto"), &[]),
+        403,
+        "missing signature (k= and s= query parameters)",
+    );
+    assert_viewer_reject(
+        &get(&serve.url(&path.replace("k=2026b", "k=2025z")), &[]),
+        403,
+        "unknown signing key id",
+    );
+    // A malformed key is a 400 even without a signature; originals need none.
+    let bad = get(&serve.url("/photos/cat.png@200x"), &[]);
+    assert_eq!(bad.status, 400);
+    assert!(String::from_utf8_lossy(&bad.body).contains("200x"));
+    assert_eq!(get(&serve.url("/photos/cat.png"), &[]).status, 200);
+
+    // The page's own variants come signed by serve, and they are accepted.
+    let list = get(&serve.url("/_edgethumb/originals"), &[]);
+    let json: serde_json::Value = serde_json::from_slice(&list.body).expect("JSON");
+    assert_eq!(json["guard"], "signed");
+    let original = &json["originals"][0];
+    let grid = json["grid"].as_array().expect("grid");
+    assert!(!grid.is_empty());
+    for params in grid.iter().take(2).chain([&json["list_thumb"]]) {
+        let params = params.as_str().expect("params");
+        let url = original["urls"][params]
+            .as_str()
+            .expect("a signed page URL");
+        assert!(url.contains("?k=2026b&s="), "{url}");
+        let reply = get(&serve.url(url), &[]);
+        assert_eq!(
+            reply.status,
+            200,
+            "{url}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    assert!(serve.stop().success());
+}
+
+#[test]
+fn list_guard_allows_presets_and_listed_parameters_only() {
+    let (temp, dir) = temp_folder();
+    write_original(&dir.join("cat.png"));
+    let settings = write_settings(
+        temp.path(),
+        r#"{"guard":"list","preset:thumb":"120h_120w_1c_1e.webp","allow:400w.webp":"1","allow:300w.auto":"1"}"#,
+    );
+    let mut serve = Serve::start(
+        &dir,
+        &[
+            "--no-worker",
+            "--viewer-settings",
+            settings.to_str().expect("UTF-8 path"),
+        ],
+    );
+    let thumb = get(&serve.url("/cat.png@thumb"), &[]);
+    assert_eq!(
+        thumb.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&thumb.body)
+    );
+    assert_eq!(thumb.header("content-type"), Some("image/webp"));
+    assert_eq!(image_size(&thumb.body), (120, 120));
+    let listed = get(&serve.url("/cat.png@0400w.WEBP"), &[]);
+    assert_eq!(listed.status, 200);
+    assert_eq!(image_size(&listed.body), (400, 300));
+    let auto = get(
+        &serve.url("/cat.png@300w.auto"),
+        &[("accept", CHROME_ACCEPT)],
+    );
+    assert_eq!(auto.status, 200);
+    assert_eq!(auto.header("content-type"), Some("image/webp"));
+    assert_viewer_reject(
+        &get(&serve.url("/cat.png@401w.webp"), &[]),
+        403,
+        "variant parameters \"401w.webp\" are not allowed",
+    );
+    // A preset's spelled-out form is not on the list.
+    assert_eq!(
+        get(&serve.url("/cat.png@120w_120h_1e_1c.webp"), &[]).status,
+        403
+    );
+    assert_eq!(get(&serve.url("/cat.png@hero"), &[]).status, 400);
+    assert_eq!(get(&serve.url("/cat.png"), &[]).status, 200);
+    // The page shows the presets and the allow-list, and lists originals by themselves.
+    let list = get(&serve.url("/_edgethumb/originals"), &[]);
+    let json: serde_json::Value = serde_json::from_slice(&list.body).expect("JSON");
+    assert_eq!(json["guard"], "list");
+    assert_eq!(
+        json["grid"],
+        serde_json::json!(["thumb", "300w.auto", "400w.webp"])
+    );
+    assert!(json["list_thumb"].is_null());
+    assert!(serve.stop().success());
+    let mut keys: Vec<String> = spooled_jobs(&dir)
+        .iter()
+        .map(|job| job["variant_key"].as_str().expect("key").to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "cat.png@120w_120h_1e_1c.webp",
+            "cat.png@300w.webp",
+            "cat.png@400w.webp"
+        ]
+    );
+}
+
+#[test]
+fn bad_viewer_settings_stop_serve_at_start() {
+    let (temp, dir) = temp_folder();
+    let settings = write_settings(temp.path(), r#"{"guard":"signed","key:a":"short"}"#);
+    let output = Command::new(BIN)
+        .arg("serve")
+        .arg(&dir)
+        .args(["--addr", "127.0.0.1:0", "--viewer-settings"])
+        .arg(&settings)
+        .output()
+        .expect("run serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("key:a"), "{stderr}");
+}
+
+/// URLs `edgethumb sign` prints pass the CloudFront Function (tests/viewer/harness.js, the
+/// function in its CloudFront-like sandbox under node) with the same settings in its
+/// KeyValueStore; tampered ones do not. `--kvs-import` is what the store is loaded from.
+#[test]
+fn signed_urls_round_trip_through_the_cloudfront_function() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let settings = write_settings(
+        temp.path(),
+        &format!(r#"{{"guard":"signed","key:k1":"{SECRET}"}}"#),
+    );
+    let settings_arg = settings.to_str().expect("UTF-8 path");
+    let (import, stderr, ok) = sign(&["--settings", settings_arg, "--kvs-import"]);
+    assert!(ok, "{stderr}");
+    let import: serde_json::Value = serde_json::from_str(&import.join("\n")).expect("JSON");
+    let mut kvs = serde_json::Map::new();
+    for entry in import["data"].as_array().expect("data") {
+        kvs.insert(
+            entry["key"].as_str().expect("key").to_string(),
+            entry["value"].clone(),
+        );
+    }
+    assert_eq!(kvs.get("guard"), Some(&serde_json::json!("signed")));
+
+    let inputs = [
+        "/photos/cat.jpg@0200w.AUTO",
+        "https://img.example.com/a%20b/%C3%A9t%C3%A9.png@80q_300w.webp",
+        "/x@y/z.jpg@1r_640w.jpg",
+    ];
+    let mut args = vec!["--settings", settings_arg];
+    args.extend(inputs);
+    let (signed, stderr, ok) = sign(&args);
+    assert!(ok, "{stderr}");
+    assert_eq!(signed.len(), inputs.len());
+
+    let mut lines = vec![serde_json::json!({ "kvs": kvs })];
+    let mut expected = Vec::new();
+    for url in &signed {
+        let path = url.trim_start_matches("https://img.example.com");
+        let (uri, query) = path.split_once('?').expect("signed query");
+        lines.push(serde_json::json!({"uri": uri, "query": query, "accept": CURL_ACCEPT}));
+        expected.push(200);
+        let tampered = tamper_signature(path);
+        let (uri, query) = tampered.split_once('?').expect("query");
+        lines.push(serde_json::json!({"uri": uri, "query": query, "accept": CURL_ACCEPT}));
+        expected.push(403);
+        lines.push(serde_json::json!({"uri": uri, "query": "", "accept": CURL_ACCEPT}));
+        expected.push(403);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = Command::new("node")
+        .arg(root.join("tests/viewer/harness.js"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node must be on the PATH (Node.js >= 20)");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for line in &lines {
+            writeln!(stdin, "{line}").expect("write to node");
+        }
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read node");
+    assert!(child.wait().expect("node exit").success(), "harness failed");
+    let replies: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(replies[0]["ok"], true);
+    let results = &replies[1..1 + expected.len()];
+    for ((line, reply), status) in lines[1..].iter().zip(results).zip(&expected) {
+        assert_eq!(reply["status"], *status, "{line} -> {reply}");
+    }
+    // The accepted ones are rewritten to the canonical key, `.auto` resolved.
+    assert_eq!(results[0]["uri"], "/photos/cat.jpg@200w.jpg");
+    assert_eq!(results[3]["uri"], "/a%20b/%C3%A9t%C3%A9.png@300w_80q.webp");
+    assert_eq!(results[6]["uri"], "/x@y/z.jpg@640w_1r.jpg");
+    assert_eq!(results[1]["message"], "bad signature");
+}

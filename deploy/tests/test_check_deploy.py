@@ -103,7 +103,8 @@ def test_real_template_passes():
     result = run_cli(TEMPLATE, "--no-edge-zip")
     assert result.returncode == 0, result.stdout + result.stderr
     assert violations(result) == [
-        "check_deploy: OK: template.yaml: edge function EdgeFunction; worker WorkerFunction on RenderQueue"
+        "check_deploy: OK: template.yaml: edge function EdgeFunction; worker WorkerFunction on RenderQueue; "
+        "viewer-request function ViewerRequestFunction"
     ]
 
 

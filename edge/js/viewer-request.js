@@ -1,8 +1,8 @@
 // edgethumb viewer-request (cloudfront-js-2.0): the rules of src/viewer.rs, kept equal by
 // tests/viewer_differential.rs; docs/edge.md. KVS keys: guard, key:*, preset:*, allow:*.
+// cf.kvs(): the one KeyValueStore associated with the function (deploy/template.yaml).
 const crypto = require('crypto');
 const cf = require('cloudfront');
-const KVS_ID = '__EDGETHUMB_KVS_ID__';
 // .auto: the first media type Accept names wins. AVIF lands: first line -> 'avif'.
 const AUTO = [
   ['image/avif', 'webp'],
@@ -183,7 +183,7 @@ async function handler(event) {
   if (key == null) return reject(400, 'URI ' + dbg(uri) + ' is not valid UTF-8 once decoded');
   const at = key.lastIndexOf('@');
   if (at < 0) return req;
-  const kvs = cf.kvs(KVS_ID);
+  const kvs = cf.kvs();
   let mode, spec = key.slice(at + 1), preset = false;
   try {
     mode = await kvs.get('guard');

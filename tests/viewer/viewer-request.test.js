@@ -34,14 +34,14 @@ test('the code fits the 10 KB CloudFront Functions limit', () => {
   assert.ok(bytes <= MAX_CODE_BYTES, `viewer-request.js is ${bytes} bytes, limit ${MAX_CODE_BYTES}`);
 });
 
-test('the function needs only crypto and cloudfront, and the KVS id is a deploy-time placeholder', async () => {
+test('the function needs only crypto and cloudfront, and reads the one associated KVS (cf.kvs() without an id)', async () => {
   const fn = load({});
   assert.deepEqual(fn.required.sort(), ['cloudfront', 'crypto']);
   assert.equal(typeof fn.context.process, 'undefined');
   assert.equal(typeof fn.context.setTimeout, 'undefined');
   assert.throws(() => fn.context.require('fs'), /only crypto and cloudfront/);
   await run(fn.handler, event('/cat.jpg@200w'));
-  assert.deepEqual(fn.kvsIds, ['__EDGETHUMB_KVS_ID__']);
+  assert.deepEqual(fn.kvsIds, [undefined]);
 });
 
 test('every spelling of a variant becomes one canonical URI, query removed', async () => {

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod enqueue;
 mod render;
 mod serve;
+mod sign;
 mod work;
 
 /// On-the-fly image thumbnails for CloudFront.
@@ -30,6 +31,8 @@ pub enum Command {
     Enqueue(enqueue::EnqueueArgs),
     /// Run the worker outside Lambda: consume render jobs from SQS or the local queue.
     Work(work::WorkArgs),
+    /// Print signed variant URLs for the `signed` viewer guard (or the KeyValueStore import file).
+    Sign(sign::SignArgs),
 }
 
 /// Parse the command line, run the subcommand, and exit non-zero with a one-line reason
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Enqueue(args) => enqueue::run(args),
         Command::Work(args) => work::run(args),
+        Command::Sign(args) => sign::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ use clap::Args;
 use crate::serve::{self, ServeSetup};
 use edgethumb::queue::JobQueue;
 use edgethumb::store::ObjectStore;
+use edgethumb::viewer::ViewerGuard;
 use edgethumb::worker::WorkerConfig;
 use edgethumb_aws::AwsSettings;
 
@@ -40,6 +41,11 @@ pub struct ServeArgs {
     /// rendered on the request path keep a core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_concurrency: Option<u16>,
+    /// Viewer-request settings: a JSON object of strings with the KeyValueStore's keys
+    /// (`guard`, `key:<id>`, `preset:<name>`, `allow:<params>`; docs/edge.md). Without it,
+    /// no guard: every valid variant passes (still canonicalised, `.auto` resolved).
+    #[arg(long, value_name = "FILE")]
+    pub viewer_settings: Option<PathBuf>,
     #[command(flatten)]
     pub aws: AwsArgs,
 }
@@ -131,7 +137,37 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(run_async(args))
 }
 
+/// The guard of `--viewer-settings FILE` (refused at start-up if anything in it is wrong),
+/// else none.
+pub fn viewer_guard(path: Option<&Path>) -> anyhow::Result<ViewerGuard> {
+    let Some(path) = path else {
+        return Ok(ViewerGuard::Open);
+    };
+    let json = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read viewer settings {}", path.display()))?;
+    ViewerGuard::from_json(&json).with_context(|| format!("viewer settings {}", path.display()))
+}
+
+fn describe_guard(guard: &ViewerGuard) -> String {
+    match guard {
+        ViewerGuard::Open => "no viewer guard: every valid variant passes".to_string(),
+        ViewerGuard::Signed { keys } => format!(
+            "viewer guard signed: variants need ?k=&s= (key ids: {})",
+            keys.keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        ViewerGuard::List { presets, allow } => format!(
+            "viewer guard list: {} preset(s), {} allowed parameter set(s)",
+            presets.len(),
+            allow.len()
+        ),
+    }
+}
+
 async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
+    let viewer = viewer_guard(args.viewer_settings.as_deref())?;
     let mut worker = WorkerConfig::from_env().context("worker settings")?;
     worker.concurrency = match args.worker_concurrency {
         Some(n) => usize::from(n),
@@ -194,6 +230,7 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
     // The one line on stdout: scripts and tests read the URL from it.
     println!("edgethumb serve: listening on http://{addr}/");
     eprintln!("edgethumb serve: {where_}; Ctrl-C to stop");
+    eprintln!("edgethumb serve: {}", describe_guard(&viewer));
     serve::run(
         ServeSetup {
             store,
@@ -202,6 +239,7 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
             edge,
             worker,
             run_worker: !args.no_worker,
+            viewer,
         },
         listener,
         serve::shutdown_signal(),

@@ -29,6 +29,7 @@ use edgethumb::edge::cloudfront::{
 use edgethumb::edge::{BucketLocation, EdgeConfig, EdgeHandler, EdgeOutcome, OriginStores};
 use edgethumb::queue::JobQueue;
 use edgethumb::store::{Object, ObjectInfo, ObjectStore, StoreError};
+use edgethumb::viewer::{ViewerGuard, ViewerOutcome};
 
 /// The `/` page: plain HTML and JS, no build step, compiled into the binary.
 const PAGE_HTML: &str = include_str!("page.html");
@@ -57,6 +58,25 @@ const MAX_SCANNED_KEYS: usize = 100_000;
 /// Source formats the pipeline decodes; other files in the folder are not offered.
 const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "gif"];
 
+/// The variants the page shows for each original (its grid) without a `list` guard. Every
+/// one is a real request: the first a miss rendered by the edge handler, later ones hits.
+const PAGE_GRID: [&str; 10] = [
+    "160w.jpg",
+    "160w.webp",
+    "160w.png",
+    "320w.jpg",
+    "320w.webp",
+    "320w.png",
+    "640w.jpg",
+    "640w.webp",
+    "200w_200h_1e_1c.webp",
+    "200w_200h_1e_1c.jpg",
+];
+/// The small square beside each original in the page's list.
+const PAGE_LIST_THUMB: &str = "96w_96h_1e_1c.webp";
+/// Grid cells at most with a `list` guard (its presets, then its allow-list).
+const MAX_LISTED_GRID: usize = 24;
+
 /// `serve` has one bucket: whatever origin the event names, it is this store.
 #[derive(Clone)]
 pub struct SingleOrigin(pub Arc<dyn ObjectStore>);
@@ -70,6 +90,9 @@ impl OriginStores for SingleOrigin {
 /// Everything a request needs.
 pub struct App {
     store: Arc<dyn ObjectStore>,
+    /// The viewer-request rules CloudFront's function applies before the cache lookup
+    /// (canonical key, `.auto`, the guard); [`ViewerGuard::Open`] without `--viewer-settings`.
+    guard: ViewerGuard,
     handler: EdgeHandler<Arc<dyn JobQueue>, SingleOrigin>,
     origin: Origin,
     error_cache_control: String,
@@ -94,6 +117,7 @@ impl App {
         queue: Arc<dyn JobQueue>,
         config: EdgeConfig,
         bucket: &str,
+        guard: ViewerGuard,
     ) -> App {
         let origin = Origin {
             s3: Some(S3OriginConfig {
@@ -111,6 +135,7 @@ impl App {
         App {
             handler: EdgeHandler::new(config, queue, SingleOrigin(store.clone())),
             store,
+            guard,
             origin,
             error_cache_control,
             next_request: AtomicU64::new(1),
@@ -121,7 +146,8 @@ impl App {
     }
 
     /// The origin-response event CloudFront would send the trigger after S3 answered 404.
-    fn miss_event(&self, method: &Method, uri: &Uri) -> Event {
+    /// `path` is the URI as the viewer-request rules left it (canonical for a variant).
+    fn miss_event(&self, method: &Method, path: &str) -> Event {
         let n = self.next_request.fetch_add(1, Ordering::Relaxed);
         let mut response_headers = cloudfront::Headers::new();
         cloudfront::header(&mut response_headers, "Content-Type", "application/xml");
@@ -140,7 +166,7 @@ impl App {
                         headers: cloudfront::Headers::new(),
                         method: method.as_str().to_string(),
                         querystring: String::new(),
-                        uri: uri.path().to_string(),
+                        uri: path.to_string(),
                         origin: Some(self.origin.clone()),
                         extra: Default::default(),
                     },
@@ -187,7 +213,7 @@ impl App {
 }
 
 /// Which path answered: `hit` (the store), `miss` (the edge handler), `error`,
-/// `pass-through` (S3's own 404).
+/// `pass-through` (S3's own 404), `viewer-reject` (the viewer-request rules: 400/403).
 const X_EDGETHUMB: &str = "x-edgethumb";
 const SERVER_TIMING: &str = "server-timing";
 
@@ -218,14 +244,76 @@ struct OriginalEntry {
     key: String,
     size: u64,
     last_modified: Option<String>,
+    /// With a `signed` guard: the signed URL of each grid variant and of the list
+    /// thumbnail, by parameter string (a site's own pages link signed URLs the same way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    urls: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Serialize)]
 struct OriginalsList {
     bucket: String,
+    /// The viewer guard's mode: `none`, `signed` or `list`.
+    guard: &'static str,
+    /// Parameter strings (or preset names) the page shows for each original.
+    grid: Vec<String>,
+    /// Parameters of the list thumbnail; `null` with a `list` guard (the page then shows
+    /// the original itself, which passes every guard).
+    list_thumb: Option<&'static str>,
     originals: Vec<OriginalEntry>,
     /// More originals exist than are listed (the listing is capped).
     truncated: bool,
+}
+
+/// What the page shows under `guard`: its grid and list thumbnail.
+fn page_variants(guard: &ViewerGuard) -> (&'static str, Vec<String>, Option<&'static str>) {
+    let default_grid = || PAGE_GRID.iter().map(|p| p.to_string()).collect();
+    match guard {
+        ViewerGuard::Open => ("none", default_grid(), Some(PAGE_LIST_THUMB)),
+        ViewerGuard::Signed { .. } => ("signed", default_grid(), Some(PAGE_LIST_THUMB)),
+        ViewerGuard::List { presets, allow } => {
+            let grid = presets
+                .keys()
+                .chain(allow.iter())
+                .take(MAX_LISTED_GRID)
+                .cloned()
+                .collect();
+            ("list", grid, None)
+        }
+    }
+}
+
+/// The URL path of `key@params`, encoded as the viewer-request rules re-encode keys.
+fn variant_path(key: &str, params: &str) -> String {
+    format!(
+        "/{}",
+        edgethumb::viewer::encode_key(&format!("{key}@{params}"))
+    )
+}
+
+/// Signed URLs of the page's variants of one original, with the signing key the page uses
+/// (the last key id in sort order: during a rotation, name the new key after the old one).
+fn signed_page_urls(
+    guard: &ViewerGuard,
+    key: &str,
+    grid: &[String],
+    list_thumb: Option<&str>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let ViewerGuard::Signed { keys } = guard else {
+        return None;
+    };
+    let (id, secret) = keys.iter().next_back()?;
+    let urls = grid
+        .iter()
+        .map(String::as_str)
+        .chain(list_thumb)
+        .filter_map(|params| {
+            edgethumb::viewer::sign_url(&variant_path(key, params), id, secret.as_bytes())
+                .ok()
+                .map(|url| (params.to_string(), url))
+        })
+        .collect();
+    Some(urls)
 }
 
 /// Whether a listed key is an original the page should offer.
@@ -241,6 +329,7 @@ fn is_listed_original(key: &str) -> bool {
 }
 
 async fn originals(State(app): State<Arc<App>>) -> Response {
+    let (guard, grid, list_thumb) = page_variants(&app.guard);
     let mut listed = Vec::new();
     let mut scanned = 0usize;
     let mut continuation = None;
@@ -268,6 +357,7 @@ async fn originals(State(app): State<Arc<App>>) -> Response {
             }
             listed.push(OriginalEntry {
                 last_modified: info.last_modified.map(httpdate::fmt_http_date),
+                urls: signed_page_urls(&app.guard, &info.key, &grid, list_thumb),
                 key: info.key,
                 size: info.size,
             });
@@ -284,6 +374,9 @@ async fn originals(State(app): State<Arc<App>>) -> Response {
     listed.sort_by(|a, b| a.key.cmp(&b.key));
     let body = OriginalsList {
         bucket: app.store.bucket().to_string(),
+        guard,
+        grid,
+        list_thumb,
         originals: listed,
         truncated,
     };
@@ -309,19 +402,61 @@ async fn object(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let key = match request_key(uri.path()) {
-        Ok(key) => key,
-        Err(refusal) => {
-            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return with_total_timing(app.error(status, &refusal.to_string()), started);
+    // Hostile paths are refused before anything else reads them.
+    if let Err(refusal) = request_key(uri.path()) {
+        return with_total_timing(key_refusal(&app, &refusal), started);
+    }
+    // What the viewer-request function does before CloudFront's cache lookup: one
+    // canonical URI per variant (so one stored object and one job), `.auto` resolved from
+    // `Accept`, the guard; the query string goes no further.
+    let accept = request_headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let path = match app
+        .guard
+        .evaluate(uri.path(), uri.query().unwrap_or(""), accept)
+    {
+        ViewerOutcome::PassThrough => uri.path().to_string(),
+        ViewerOutcome::Rewrite { uri } => uri,
+        ViewerOutcome::Reject { status, message } => {
+            debug!(
+                event = "serve.viewer_reject",
+                status,
+                message = message.as_str()
+            );
+            return with_total_timing(viewer_reject(status, &message), started);
         }
+    };
+    let key = match request_key(&path) {
+        Ok(key) => key,
+        Err(refusal) => return with_total_timing(key_refusal(&app, &refusal), started),
     };
     let response = match lookup(&app, &key, &request_headers).await {
         Ok(Some(hit)) => hit,
-        Ok(None) => miss(&app, &method, &uri).await,
+        Ok(None) => miss(&app, &method, &path).await,
         Err(error) => store_error(&app, &key, &error),
     };
     with_total_timing(response, started)
+}
+
+fn key_refusal(app: &App, refusal: &super::keys::KeyRefusal) -> Response {
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    app.error(status, &refusal.to_string())
+}
+
+/// The answer the viewer-request function generates (viewer-request.js `reject`): the
+/// status, the message as a text body, never cached.
+fn viewer_reject(status: u16, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut response = (status, message.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_EDGETHUMB, HeaderValue::from_static("viewer-reject"));
+    response
 }
 
 /// A store failure on the hit path, as CloudFront would show S3's answer.
@@ -439,8 +574,8 @@ fn whole_seconds(time: SystemTime) -> SystemTime {
 }
 
 /// The miss path: the edge handler, given what CloudFront would give it.
-async fn miss(app: &App, method: &Method, uri: &Uri) -> Response {
-    let event = app.miss_event(method, uri);
+async fn miss(app: &App, method: &Method, path: &str) -> Response {
+    let event = app.miss_event(method, path);
     // Load shedding: a bounded line (miss_admitted), a bounded wait in it (MISS_MAX_WAIT),
     // then 503 + Retry-After. Waiting without bound would let a flood of misses hold every
     // connection (and its request) open for as long as the backlog lasts. The semaphores
@@ -615,11 +750,11 @@ mod tests {
             Arc::new(edgethumb::store::memory::MemoryStore::new("bucket"));
         let queue: Arc<dyn JobQueue> = Arc::new(edgethumb::queue::memory::MemoryQueue::new("q"));
         let config = super::super::edge_config("q", "local").unwrap();
-        App::new(store, queue, config, "bucket")
+        App::new(store, queue, config, "bucket", edgethumb::viewer::ViewerGuard::Open)
     }
 
-    fn miss_uri() -> Uri {
-        "/photos/none.jpg@20w.webp".parse().unwrap()
+    fn miss_uri() -> String {
+        "/photos/none.jpg@20w.webp".to_string()
     }
 
     fn assert_shed(response: &Response) {

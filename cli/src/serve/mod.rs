@@ -4,6 +4,9 @@
 //! - [`app`]: the HTTP routes (hits as S3 via CloudFront would serve them, misses through
 //!   the very [`edgethumb::edge::EdgeHandler`] Lambda@Edge runs, the `/` page and its JSON).
 //! - [`keys`]: request path → object key, refusing hostile paths before any store sees them.
+//!   Before the key is derived, the viewer-request rules ([`edgethumb::viewer`], the Rust
+//!   twin of the CloudFront Function) rewrite the path to its canonical spelling, resolve
+//!   `.auto` and apply the guard of `--viewer-settings`.
 //! - [`demo`]: `--demo`, generated originals for newcomers without photos.
 //!
 //! The in-process worker is the `edgethumb work` runner over the same queue the handler
@@ -29,6 +32,7 @@ pub use app::{App, router};
 use edgethumb::edge::EdgeConfig;
 use edgethumb::queue::JobQueue;
 use edgethumb::store::ObjectStore;
+use edgethumb::viewer::ViewerGuard;
 use edgethumb::worker::WorkerConfig;
 
 /// Folder inside the originals folder that holds `serve`'s own state (the local queue's
@@ -68,6 +72,8 @@ pub struct ServeSetup {
     pub worker: WorkerConfig,
     /// Run the in-process worker (off when a separate `edgethumb work` consumes the queue).
     pub run_worker: bool,
+    /// The viewer-request rules (`--viewer-settings`; [`ViewerGuard::Open`] by default).
+    pub viewer: ViewerGuard,
 }
 
 /// The edge settings `serve` runs the handler with: the defaults of `edgethumb.json`, so
@@ -146,9 +152,16 @@ pub async fn run(
         edge,
         worker,
         run_worker,
+        viewer,
     } = setup;
     let bucket = origin_bucket_name(&bucket);
-    let app = Arc::new(App::new(store.clone(), queue.clone(), edge, &bucket));
+    let app = Arc::new(App::new(
+        store.clone(),
+        queue.clone(),
+        edge,
+        &bucket,
+        viewer,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker_task = run_worker.then(|| {
         tokio::spawn(worker_loop::run(
