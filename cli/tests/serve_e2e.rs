@@ -950,3 +950,100 @@ fn signed_urls_round_trip_through_the_cloudfront_function() {
     assert_eq!(results[6]["uri"], "/x@y/z.jpg@640w_1r.jpg");
     assert_eq!(results[1]["message"], "bad signature");
 }
+
+/// The value of one sample line of a Prometheus text page (0 when absent).
+fn sample(page: &str, name_and_labels: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// `/metrics` scrapes as Prometheus text and counts a miss, a hit and an error as what they
+/// were (the edge handler's miss counters, the in-process worker's jobs, requests by kind).
+#[test]
+fn metrics_count_a_miss_a_hit_and_an_error() {
+    let (_tmp, dir) = temp_folder();
+    write_original(&dir.join("cat.jpg"));
+    let serve = Serve::start(&dir, &[]);
+    let before = get(&serve.url("/metrics"), &[]);
+    assert_eq!(before.status, 200);
+    assert!(
+        before
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        before.header("content-type")
+    );
+    assert_eq!(get(&serve.url("/cat.jpg@64w.webp"), &[]).status, 200); // miss
+    assert_eq!(get(&serve.url("/cat.jpg"), &[]).status, 200); // hit (the original)
+    // Refused by the viewer-request rules before any render, as CloudFront's function would.
+    assert_eq!(get(&serve.url("/cat.jpg@64x"), &[]).status, 400);
+    assert_eq!(get(&serve.url("/nope.jpg@64w"), &[]).status, 404); // error: no original
+    let page = String::from_utf8(get(&serve.url("/metrics"), &[]).body).unwrap();
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(series.starts_with("edgethumb_"), "{line}");
+        value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
+    }
+    assert_eq!(
+        sample(&page, r#"edgethumb_serve_requests_total{kind="miss"}"#),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, r#"edgethumb_serve_requests_total{kind="hit"}"#),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, r#"edgethumb_serve_requests_total{kind="error"}"#),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"edgethumb_serve_requests_total{kind="viewer-reject"}"#
+        ),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"edgethumb_edge_misses_total{format="webp",statusclass="2xx"}"#
+        ),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"edgethumb_edge_misses_total{format="none",statusclass="4xx"}"#
+        ),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"edgethumb_edge_miss_latency_ms_count{format="webp",statusclass="2xx"}"#
+        ),
+        1.0
+    );
+    // The in-process worker writes the canonical variant and counts it (bounded wait).
+    let deadline = Instant::now() + WORKER_TIMEOUT;
+    loop {
+        let page = String::from_utf8(get(&serve.url("/metrics"), &[]).body).unwrap();
+        if sample(
+            &page,
+            r#"edgethumb_worker_jobs_total{format="webp",outcome="written"}"#,
+        ) == 1.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no written job counted:\n{page}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -27,6 +27,7 @@ use edgethumb::edge::cloudfront::{
     self, CfConfig, CfPayload, Event, Origin, Record, Request, S3OriginConfig,
 };
 use edgethumb::edge::{BucketLocation, EdgeConfig, EdgeHandler, EdgeOutcome, OriginStores};
+use edgethumb::metrics::{self, MetricsSink, Observation, Registry};
 use edgethumb::queue::JobQueue;
 use edgethumb::store::{Object, ObjectInfo, ObjectStore, StoreError};
 use edgethumb::viewer::{ViewerGuard, ViewerOutcome};
@@ -106,6 +107,9 @@ pub struct App {
     miss_admitted: tokio::sync::Semaphore,
     /// Seconds a shed miss tells the client to wait (`Retry-After`).
     retry_after_seconds: u32,
+    /// The counters behind `/metrics`: the edge handler's misses, the in-process worker's
+    /// jobs, and every request by kind.
+    metrics: Arc<Registry>,
 }
 
 impl App {
@@ -132,8 +136,11 @@ impl App {
         let error_cache_control = config.error_cache_control.clone();
         let retry_after_seconds = config.retry_after_seconds;
         let renders = edgethumb::available_cores().clamp(MIN_MISS_RENDERS, MAX_MISS_RENDERS);
+        let metrics = Arc::new(Registry::new());
         App {
-            handler: EdgeHandler::new(config, queue, SingleOrigin(store.clone())),
+            handler: EdgeHandler::new(config, queue, SingleOrigin(store.clone()))
+                .with_metrics(metrics.clone()),
+            metrics,
             store,
             guard,
             origin,
@@ -143,6 +150,11 @@ impl App {
             miss_admitted: tokio::sync::Semaphore::new(renders * (1 + MISS_WAITERS_PER_RENDER)),
             retry_after_seconds,
         }
+    }
+
+    /// The registry the in-process worker records its jobs in.
+    pub fn metrics(&self) -> Arc<Registry> {
+        self.metrics.clone()
     }
 
     /// The origin-response event CloudFront would send the trigger after S3 answered 404.
@@ -223,6 +235,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/_edgethumb/originals", get(originals))
+        .route("/metrics", get(metrics_page))
         .fallback(object)
         .with_state(app)
 }
@@ -387,13 +400,52 @@ async fn originals(State(app): State<Arc<App>>) -> Response {
     response
 }
 
-/// Any other path: an object key, served from the store or rendered on a miss.
+/// The counters in the Prometheus text format (the same catalogue as the CloudWatch
+/// metrics of a deployed stack: src/metrics.rs).
+async fn metrics_page(State(app): State<Arc<App>>) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Any other path: an object key, served from the store or rendered on a miss; counted by
+/// kind (the `x-edgethumb` answer: hit, miss, error, busy, viewer-reject, pass-through).
 async fn object(
     State(app): State<Arc<App>>,
     method: Method,
     uri: Uri,
     request_headers: HeaderMap,
 ) -> Response {
+    let response = answer_object(&app, method, uri, request_headers).await;
+    let kind = response
+        .headers()
+        .get(X_EDGETHUMB)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("other")
+        .to_string();
+    app.metrics.record(
+        &Observation::new("serve")
+            .dimension("Kind", kind)
+            .count(&metrics::SERVE_REQUESTS, true),
+    );
+    response
+}
+
+async fn answer_object(
+    app: &Arc<App>,
+    method: Method,
+    uri: Uri,
+    request_headers: HeaderMap,
+) -> Response {
+    let app = app.clone();
     let started = Instant::now();
     if method != Method::GET && method != Method::HEAD {
         let mut response = app.error(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
@@ -750,7 +802,13 @@ mod tests {
             Arc::new(edgethumb::store::memory::MemoryStore::new("bucket"));
         let queue: Arc<dyn JobQueue> = Arc::new(edgethumb::queue::memory::MemoryQueue::new("q"));
         let config = super::super::edge_config("q", "local").unwrap();
-        App::new(store, queue, config, "bucket", edgethumb::viewer::ViewerGuard::Open)
+        App::new(
+            store,
+            queue,
+            config,
+            "bucket",
+            edgethumb::viewer::ViewerGuard::Open,
+        )
     }
 
     fn miss_uri() -> String {

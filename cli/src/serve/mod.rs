@@ -168,6 +168,7 @@ pub async fn run(
             store.clone(),
             queue.clone(),
             worker,
+            app.metrics(),
             stop_rx,
         ))
     });

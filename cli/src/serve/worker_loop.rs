@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use edgethumb::metrics::Registry;
 use edgethumb::queue::JobQueue;
 use edgethumb::store::ObjectStore;
 use edgethumb::worker::{Runner, RunnerOptions, Worker, WorkerConfig};
@@ -16,11 +17,12 @@ pub async fn run(
     store: Arc<dyn ObjectStore>,
     queue: Arc<dyn JobQueue>,
     config: WorkerConfig,
+    metrics: Arc<Registry>,
     mut stop: watch::Receiver<bool>,
 ) {
     // `serve` has one bucket, so every job's bucket is this store.
     let stores = move |_bucket: &str| -> Arc<dyn ObjectStore> { store.clone() };
-    let worker = Worker::new(stores, config);
+    let worker = Worker::new(stores, config).with_metrics(metrics);
     let options = RunnerOptions {
         once: false,
         // Short polls keep a local spool responsive; shutdown interrupts a poll anyway.

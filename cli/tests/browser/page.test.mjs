@@ -128,6 +128,10 @@ async function main() {
     const errorText = await page.textContent("#result");
     if (!errorText.includes("400")) fail(`bad params did not show a 400: ${errorText}`);
 
+    // The counters panel summarises /metrics: the grid's misses are counted by then.
+    await page.evaluate(() => showCounters());
+    await page.waitForFunction(() => /misses 2xx: [1-9]/.test(document.getElementById("counters").textContent));
+
     if (SCREENSHOT) {
       // For the README: let the worker catch up (bounded), so the grid shows hits (the
       // worker's variants) beside misses, then show a typed crop at the top of the page.
