@@ -1,6 +1,10 @@
 //! The edge handler over every sample event in `events/`, with in-memory adapters.
 //! (The S3/SQS path is tested end to end through the packaged addon under node.)
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

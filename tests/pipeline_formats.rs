@@ -1,6 +1,10 @@
 //! Pipeline correctness on generated images: sizes, formats, orientation, colour,
 //! metadata stripping, encoder options.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 mod pipeline_support;
 

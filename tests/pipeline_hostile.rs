@@ -1,5 +1,9 @@
 //! Hostile inputs: every one is a typed error (never a panic, hang or unbounded allocation).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 mod pipeline_support;
 

@@ -1,7 +1,11 @@
 //! The `JobQueue` contract, written once and run against every adapter: SQS (on moto), the
 //! local spool and memory. Local-only guarantees (durability across a restart, concurrent
 //! receivers sharing a spool) follow the contract.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 mod common;
 

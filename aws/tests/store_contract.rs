@@ -1,7 +1,11 @@
 //! The `ObjectStore` contract, written once and run against every adapter: S3 (on moto),
 //! the filesystem and memory. Filesystem-only guarantees (path safety, restart durability,
 //! crash atomicity) follow the contract.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 mod common;
 

@@ -4,7 +4,11 @@
 //! A bucket holds originals, variants the worker wrote (tagged `createByLambda=1`), an
 //! untagged key with `@` (a hand upload) and keys outside the prefix; `--existing` must
 //! enqueue exactly the tagged variants under the prefix, each once, with reason `manual`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 #[path = "../../aws/tests/common/mod.rs"]
 mod common;

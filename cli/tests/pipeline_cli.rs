@@ -1,5 +1,9 @@
 //! `edgethumb render` end to end, through the real binary.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 #[path = "../../tests/pipeline_support/mod.rs"]
 mod pipeline_support;

@@ -9,7 +9,11 @@
 //!   start;
 //! - the page works in headless Chromium (`tests/browser/`, skipped with a message when
 //!   Chromium or the npm packages are missing, unless `EDGETHUMB_BROWSER_TEST=required`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 #[path = "../../aws/tests/common/mod.rs"]
 mod common;

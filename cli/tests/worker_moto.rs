@@ -1,6 +1,10 @@
 //! The worker against moto's S3 and SQS (started by `scripts/test.sh`; skipped, saying so,
 //! without `EDGETHUMB_TEST_ENDPOINT`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 #[path = "../../aws/tests/common/mod.rs"]
 mod common;

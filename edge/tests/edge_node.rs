@@ -6,7 +6,11 @@
 //! `cargo test` run and run by `scripts/test_edge.sh` (a step of `scripts/test.sh`), which
 //! packages, unzips and sets `EDGETHUMB_EDGE_BUNDLE`; moto comes from
 //! `EDGETHUMB_TEST_ENDPOINT`. Both missing is a failure, not a skip.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::undocumented_unsafe_blocks)] // test code
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::undocumented_unsafe_blocks
+)] // test code
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
