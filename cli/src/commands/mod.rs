@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod edge_config;
 mod enqueue;
 mod render;
 mod serve;
@@ -30,6 +31,8 @@ pub enum Command {
     Enqueue(enqueue::EnqueueArgs),
     /// Run the worker outside Lambda: consume render jobs from SQS or the local queue.
     Work(work::WorkArgs),
+    /// Write (from the stack's outputs) or check the edge's edgethumb.json.
+    EdgeConfig(edge_config::EdgeConfigArgs),
 }
 
 /// Parse the command line, run the subcommand, and exit non-zero with a one-line reason
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Enqueue(args) => enqueue::run(args),
         Command::Work(args) => work::run(args),
+        Command::EdgeConfig(args) => edge_config::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
