@@ -16,7 +16,9 @@ just lose jobs). This reads the SAM/CloudFormation template with cfn-lint's own 
 * the IAM policies of those functions grant only what edgethumb needs;
 * the edge bundle (when present): zipped <= 50 MiB, unzipped <= 250 MB, the handler module
   at its root, and its baked-in edgethumb.json within the response budget;
-* an edge config file (when given): response_budget_bytes <= 1,000,000;
+* an edge config file (when given), and the one baked into the bundle: checked by the
+  `edgethumb edge-config check` CLI, i.e. by the edge's own parser (keys and bounds of
+  `EdgeConfig`, src/edge/config.rs), so nothing here restates them.
 * the viewer-request CloudFront Function on the variants behaviour, its KeyValueStore and
   its inline code (scripts/viewer_function.py).
 
@@ -32,11 +34,15 @@ import argparse
 import itertools
 import json
 import re
+import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import edge_config  # noqa: E402  (scripts/edge_config.py: finds or builds the edgethumb CLI)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = ROOT / "deploy" / "template.yaml"
@@ -52,7 +58,6 @@ ORIGIN_EVENT_MAX_ZIP_BYTES = 50 * 1024 * 1024
 VIEWER_EVENT_MAX_ZIP_BYTES = 1024 * 1024
 MAX_UNZIPPED_BYTES = 250 * 1000 * 1000
 EDGE_MAX_EPHEMERAL_STORAGE_MB = 512
-GENERATED_RESPONSE_LIMIT_BYTES = 1_000_000
 EDGE_CONFIG_NAME = "edgethumb.json"
 EDGE_TRUSTED_SERVICES = {"lambda.amazonaws.com", "edgelambda.amazonaws.com"}
 
@@ -566,23 +571,15 @@ def check_redrive(tpl: Template, queue: str, report: Report) -> None:
 
 
 def check_edge_config_text(text: str, where: str, report: Report) -> None:
+    """The edge's own verdict (`edgethumb edge-config check`): the keys, types and bounds of
+    EdgeConfig, so this check and the cold start cannot drift apart."""
     try:
-        config = json.loads(text)
-    except json.JSONDecodeError as error:
-        report.add(where, f"is not valid JSON ({error})")
+        reason = edge_config.check_text(text, where)
+    except (edge_config.ConfigError, OSError, subprocess.SubprocessError) as error:
+        report.add(where, f"cannot be checked ({error})")
         return
-    if not isinstance(config, dict):
-        report.add(where, "is not a JSON object")
-        return
-    budget = config.get("response_budget_bytes")
-    if budget is None:
-        return  # the edge's default stays under the limit
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget > GENERATED_RESPONSE_LIMIT_BYTES or budget <= 0:
-        report.add(
-            where,
-            f"response_budget_bytes {budget!r} must be a positive integer <= {GENERATED_RESPONSE_LIMIT_BYTES:,} "
-            "(Lambda@Edge's limit for a generated response, headers included)",
-        )
+    if reason:
+        report.add(where, reason)
 
 
 def check_edge_bundle(path: Path, handler: str | None, viewer: bool, report: Report) -> None:

@@ -6,7 +6,8 @@
 #   scripts/deploy.sh --outputs [--stack-name NAME]
 #
 # Deploy does, in order:
-#   1. edgethumb.json from the stack's outputs (scripts/edge_config.py), if the stack exists
+#   1. edgethumb.json from the stack's outputs (`edgethumb edge-config generate`, the edge's own
+#      EdgeConfig), if the stack exists
 #   2. scripts/package.sh [edgethumb.json] -> target/lambda/edge.zip (config baked in, loaded
 #      under node by package.sh), target/lambda/worker.zip; without a stack yet, package.sh's
 #      placeholder config
@@ -120,7 +121,8 @@ sys.stdout.write(z.read("edgethumb.json").decode() if "edgethumb.json" in z.name
 # status, which would otherwise switch off set -e inside).
 config_differs() {
   local outputs_file="$1" baked=""
-  "$PY" "$ROOT/scripts/edge_config.py" generate --outputs "$outputs_file" -o "$EDGE_CONFIG" >&2 ||
+  "$PY" "$ROOT/scripts/edge_config.py" cli edge-config generate --outputs "$outputs_file" \
+    --settings "$ROOT/deploy/edge-settings.json" -o "$EDGE_CONFIG" >&2 ||
     die "cannot generate the edge config from $outputs_file"
   if [ -f "$EDGE_ZIP" ]; then
     baked="$(baked_config)" || die "cannot read $EDGE_ZIP"

@@ -245,7 +245,17 @@ run_chaos() {
 
 # ---- deployment (owner: deploy; see docs/deploy.md) ----
 validate_deploy() {
-  bash "$ROOT/scripts/validate_deploy.sh"
+  # The edge-config checks run the `edgethumb` CLI: the one `cargo test --workspace` just built
+  # (a `cargo build` of it would resolve features without the dev-dependencies and rebuild
+  # many crates).
+  local target
+  target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+  if [ -z "${EDGETHUMB_BIN:-}" ] && [ -x "$target/debug/edgethumb" ]; then
+    EDGETHUMB_BIN="$target/debug/edgethumb" bash "$ROOT/scripts/validate_deploy.sh"
+  else
+    bash "$ROOT/scripts/validate_deploy.sh"
+  fi
 }
 
 # ---- serve page in headless Chromium (owner: serve; see docs/serve.md) ----

@@ -23,10 +23,6 @@ pub const CREATED_BY_TAG: (&str, &str) = ("createByLambda", "1");
 /// Object tags read at once when checking `--existing` candidates.
 const TAG_CONCURRENCY: usize = 16;
 
-/// Whole-batch retries when a `send_batch` call fails outright (the adapter already
-/// retries failed entries inside a call).
-const BATCH_ATTEMPTS: u32 = 3;
-
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
     #[error("{0:?} is not an s3://bucket/prefix URL")]
@@ -310,24 +306,17 @@ pub async fn send_jobs(
     let mut done = 0;
     for chunk in jobs.chunks(MAX_BATCH) {
         let bodies: Vec<String> = chunk.iter().map(|p| p.job.to_json()).collect();
-        let mut attempt = 1;
-        let failures = loop {
-            match queue.send_batch(&bodies).await {
-                Ok(failures) => break failures,
-                Err(error) if error.is_retryable() && attempt < BATCH_ATTEMPTS => {
-                    tracing::warn!(event = "enqueue.batch_retry", attempt, error = %error);
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-                    attempt += 1;
-                }
-                Err(error) => {
-                    break (0..chunk.len())
-                        .map(|index| crate::queue::FailedEntry {
-                            index,
-                            reason: error.to_string(),
-                        })
-                        .collect();
-                }
-            }
+        // No retry here: the adapter has already retried the call (the SDK's retry
+        // configuration) and the entries it reported failed. Sending the batch again would
+        // multiply those attempts, and a failed entry is reported, never dropped.
+        let failures = match queue.send_batch(&bodies).await {
+            Ok(failures) => failures,
+            Err(error) => (0..chunk.len())
+                .map(|index| crate::queue::FailedEntry {
+                    index,
+                    reason: error.to_string(),
+                })
+                .collect(),
         };
         let mut failed_here = BTreeSet::new();
         for failure in failures {

@@ -1,13 +1,17 @@
 //! The job message: what the edge (or `enqueue`) sends and the worker consumes.
 //!
-//! Versioned JSON (`"v": 1`), documented in `docs/job.md`. It carries everything the
-//! worker needs and nothing it can derive. Parsing never panics: a message from an older or
-//! newer producer, or plain garbage on the queue, is a typed [`JobError`] so the worker can
-//! log it and drop it (or dead-letter it) instead of crashing the whole batch.
+//! Versioned JSON (`"v": 1`), documented in `docs/job.md`. Producers here write the full
+//! form; the worker also reads the minimal one (`v`, `bucket`, `variant_key`), deriving the
+//! rest, so a job written by hand or by another system runs too. Parsing never panics: a
+//! message from an older or newer producer, or plain garbage on the queue, is a typed
+//! [`JobError`] so the worker can log it and drop it (or dead-letter it) instead of crashing
+//! the whole batch.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::variant::{Params, VariantError, VariantKey};
 
@@ -20,7 +24,8 @@ pub const JOB_VERSION: u32 = 1;
 /// not a job, and refusing it early bounds the memory a hostile message can cost.
 pub const MAX_JOB_BYTES: usize = 16 * 1024;
 
-/// Why a job was enqueued.
+/// Why a job was enqueued. A message without `reason` is [`JobReason::Manual`]: nothing
+/// but a person or another system writes the minimal form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobReason {
@@ -29,24 +34,47 @@ pub enum JobReason {
     SourceChanged,
 }
 
-/// Version 1 of the job message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Version 1 of the job message, complete: what [`Job::parse`] returns (derived fields
+/// filled in) and what [`Job::to_json`] writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Job {
     /// Always 1 for this struct.
     pub v: u32,
     pub bucket: String,
     /// The variant key as requested (the key the worker writes).
     pub variant_key: String,
+    /// The part of `variant_key` before its last `@`.
     pub original_key: String,
     /// Canonical parameter spelling, e.g. `200w_200h_1e.webp`.
     pub params: String,
     pub reason: JobReason,
-    /// RFC 3339 UTC time the job was created.
-    pub enqueued_at: String,
+    /// RFC 3339 UTC time the job was created; `None` when the producer did not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enqueued_at: Option<String>,
     /// The original's ETag when the enqueuer knew it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub original_etag: Option<String>,
+}
+
+/// The message as read: only `v`, `bucket` and `variant_key` are required, the rest is
+/// derived (`original_key`, `params`) or defaulted (`reason`) when absent, and checked
+/// against `variant_key` when present. Unknown fields are still refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireJob {
+    v: u32,
+    bucket: String,
+    variant_key: String,
+    #[serde(default)]
+    original_key: Option<String>,
+    #[serde(default)]
+    params: Option<String>,
+    #[serde(default)]
+    reason: Option<JobReason>,
+    #[serde(default)]
+    enqueued_at: Option<String>,
+    #[serde(default)]
+    original_etag: Option<String>,
 }
 
 /// Why a message is not a job this build can run.
@@ -117,7 +145,7 @@ impl Job {
             params: parsed.params.canonical(),
             variant_key,
             reason,
-            enqueued_at: format_rfc3339(enqueued_at),
+            enqueued_at: Some(format_rfc3339(enqueued_at)),
             original_etag,
         };
         job.validate()?;
@@ -152,8 +180,19 @@ impl Job {
         if version != u64::from(JOB_VERSION) {
             return Err(JobError::UnsupportedVersion(version));
         }
-        let job: Job =
+        let wire: WireJob =
             serde_json::from_value(value).map_err(|e| JobError::Malformed(e.to_string()))?;
+        let parsed = parse_variant(&wire.variant_key)?;
+        let job = Job {
+            v: wire.v,
+            bucket: wire.bucket,
+            original_key: wire.original_key.unwrap_or(parsed.original_key),
+            params: wire.params.unwrap_or_else(|| parsed.params.canonical()),
+            variant_key: wire.variant_key,
+            reason: wire.reason.unwrap_or(JobReason::Manual),
+            enqueued_at: wire.enqueued_at,
+            original_etag: wire.original_etag,
+        };
         job.validate()?;
         Ok(job)
     }
@@ -172,7 +211,11 @@ impl Job {
                 reason: "empty",
             });
         }
-        if !is_rfc3339_utc(&self.enqueued_at) {
+        if self
+            .enqueued_at
+            .as_deref()
+            .is_some_and(|at| !is_rfc3339_utc(at))
+        {
             return Err(JobError::InvalidField {
                 field: "enqueued_at",
                 reason: "not an RFC 3339 UTC timestamp (YYYY-MM-DDTHH:MM:SS[.fff]Z)",
@@ -216,75 +259,26 @@ fn parse_variant(key: &str) -> Result<VariantKey, JobError> {
     })
 }
 
-/// `2024-05-01T12:34:56.789Z`. Hand-rolled (days-to-civil) to avoid a date crate for one
-/// format; times before 1970 clamp to the epoch.
+/// `2024-05-01T12:34:56.789Z`: UTC, always milliseconds. Times before 1970 clamp to the
+/// epoch (a job is never that old; the clock is wrong).
 pub fn format_rfc3339(time: SystemTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let millis = since.subsec_millis();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    time::Duration::try_from(since)
+        .ok()
+        .and_then(|d| OffsetDateTime::UNIX_EPOCH.checked_add(d))
+        .and_then(|at| at.format(FORMAT).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_string())
 }
 
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Shape check for `YYYY-MM-DDTHH:MM:SS[.fraction]Z` with plausible field ranges.
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`: RFC 3339 (the `time` crate's parser), restricted to
+/// UTC written as `Z` and an upper-case `T`, as `docs/job.md` says.
 fn is_rfc3339_utc(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() < 20 || b.last() != Some(&b'Z') {
-        return false;
-    }
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    let num = |r: std::ops::Range<usize>| {
-        std::str::from_utf8(&b[r])
-            .ok()
-            .and_then(|t| t.parse::<u32>().ok())
-            .unwrap_or(u32::MAX)
-    };
-    let shape = digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && b[10] == b'T'
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19);
-    if !shape {
-        return false;
-    }
-    let fraction = &b[19..b.len() - 1];
-    let fraction_ok = fraction.is_empty()
-        || (fraction.len() >= 2
-            && fraction[0] == b'.'
-            && fraction[1..].iter().all(u8::is_ascii_digit));
-    fraction_ok
-        && (1..=12).contains(&num(5..7))
-        && (1..=31).contains(&num(8..10))
-        && num(11..13) <= 23
-        && num(14..16) <= 59
-        && num(17..19) <= 60
+    s.as_bytes().get(10) == Some(&b'T')
+        && s.ends_with('Z')
+        && OffsetDateTime::parse(s, &Rfc3339).is_ok()
 }
 
 #[cfg(test)]
@@ -311,7 +305,7 @@ mod tests {
         // Requested spelling kept; params canonical.
         assert_eq!(job.variant_key, "photos/cat.jpg@200h_200w_1e_80q.webp");
         assert_eq!(job.params, "200w_200h_1e_80q.webp");
-        assert_eq!(job.enqueued_at, "2024-05-01T12:34:56.789Z");
+        assert_eq!(job.enqueued_at.as_deref(), Some("2024-05-01T12:34:56.789Z"));
     }
 
     #[test]
@@ -469,9 +463,16 @@ mod tests {
             "2024-05-01 12:34:56Z",
             "2024-13-01T12:34:56Z",
             "2024-05-01T12:34:56+02:00",
+            "2024-05-01T12:34:56+00:00",
+            "2024-05-01t12:34:56Z",
+            "2024-05-01T12:34:56z",
+            "2024-05-01T12:34:56.Z",
+            "2024-02-30T12:34:56Z",
+            "24-05-01T12:34:56Z",
+            "",
         ] {
             let job = Job {
-                enqueued_at: at.into(),
+                enqueued_at: Some(at.into()),
                 ..sample()
             };
             assert!(
@@ -486,10 +487,90 @@ mod tests {
             );
         }
         let job = Job {
-            enqueued_at: "2024-05-01T12:34:56Z".into(),
+            enqueued_at: Some("2024-05-01T12:34:56Z".into()),
             ..sample()
         };
         assert!(Job::parse(&job.to_json()).is_ok());
+    }
+
+    #[test]
+    fn the_minimal_form_is_completed_from_the_variant_key() {
+        let job =
+            Job::parse(r#"{"v":1,"bucket":"b","variant_key":"photos/cat.jpg@200h_200w.webp"}"#)
+                .unwrap();
+        assert_eq!(job.bucket, "b");
+        assert_eq!(job.variant_key, "photos/cat.jpg@200h_200w.webp");
+        assert_eq!(job.original_key, "photos/cat.jpg");
+        assert_eq!(job.params, "200w_200h.webp");
+        assert_eq!(job.reason, JobReason::Manual);
+        assert_eq!(job.enqueued_at, None);
+        assert_eq!(job.original_etag, None);
+        // Written back in full, minus what nobody said.
+        let full: serde_json::Value = serde_json::from_str(&job.to_json()).unwrap();
+        assert_eq!(full["original_key"], "photos/cat.jpg");
+        assert!(full.get("enqueued_at").is_none(), "{full}");
+        assert_eq!(Job::parse(&job.to_json()).unwrap(), job);
+    }
+
+    #[test]
+    fn optional_fields_may_be_given_one_by_one() {
+        let job = Job::parse(
+            r#"{"v":1,"bucket":"b","variant_key":"a/x@y.png@50p","reason":"source-changed",
+                "enqueued_at":"2024-05-01T12:34:56Z","original_etag":"\"e\"","params":"50p"}"#,
+        )
+        .unwrap();
+        assert_eq!(job.original_key, "a/x@y.png");
+        assert_eq!(job.reason, JobReason::SourceChanged);
+        assert_eq!(job.enqueued_at.as_deref(), Some("2024-05-01T12:34:56Z"));
+        assert_eq!(job.original_etag.as_deref(), Some("\"e\""));
+        // null is the same as absent.
+        let job = Job::parse(
+            r#"{"v":1,"bucket":"b","variant_key":"c.jpg@1w","original_key":null,"reason":null}"#,
+        )
+        .unwrap();
+        assert_eq!(job.original_key, "c.jpg");
+        assert_eq!(job.reason, JobReason::Manual);
+    }
+
+    #[test]
+    fn the_minimal_form_is_still_checked() {
+        for (body, expected) in [
+            (
+                r#"{"v":1,"bucket":"b","variant_key":"c.jpg@1w","extra":1}"#,
+                "malformed",
+            ),
+            (r#"{"v":1,"bucket":"b"}"#, "malformed"),
+            (r#"{"v":1,"variant_key":"c.jpg@1w"}"#, "malformed"),
+            (r#"{"v":1,"bucket":"b","variant_key":"c.jpg"}"#, "variant"),
+            (r#"{"v":1,"bucket":"","variant_key":"c.jpg@1w"}"#, "bucket"),
+            (
+                r#"{"v":1,"bucket":"b","variant_key":"c.jpg@1w","original_key":"d.jpg"}"#,
+                "original_key",
+            ),
+            (
+                r#"{"v":1,"bucket":"b","variant_key":"c.jpg@1w","params":"2w"}"#,
+                "params",
+            ),
+            (
+                r#"{"v":1,"bucket":"b","variant_key":"c.jpg@1w","enqueued_at":"now"}"#,
+                "enqueued_at",
+            ),
+            (
+                r#"{"v":2,"bucket":"b","variant_key":"c.jpg@1w"}"#,
+                "version",
+            ),
+        ] {
+            let err = Job::parse(body).unwrap_err().to_string();
+            assert!(err.contains(expected), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_minimal_sample_event_parses() {
+        let text = include_str!("../events/job-v1-minimal.json");
+        let job = Job::parse(text).unwrap();
+        assert_eq!(job.reason, JobReason::Manual);
+        assert_eq!(job.original_key, "photos/cat.jpg");
     }
 
     #[test]
@@ -514,6 +595,23 @@ mod tests {
             format_rfc3339(UNIX_EPOCH + Duration::from_secs(951_868_799)),
             "2000-02-29T23:59:59.000Z"
         );
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH + Duration::from_nanos(1_714_566_896_789_999_999)),
+            "2024-05-01T12:34:56.789Z",
+            "milliseconds, truncated"
+        );
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH - Duration::from_secs(10)),
+            "1970-01-01T00:00:00.000Z"
+        );
         assert!(is_rfc3339_utc(&format_rfc3339(SystemTime::now())));
+        for ok in [
+            "2024-05-01T12:34:56Z",
+            "2024-05-01T12:34:56.7Z",
+            "2024-05-01T12:34:56.123456789Z",
+            "2024-02-29T00:00:00Z",
+        ] {
+            assert!(is_rfc3339_utc(ok), "{ok}");
+        }
     }
 }

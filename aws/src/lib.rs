@@ -18,5 +18,5 @@ pub mod worker;
 
 pub use logging::init_json_logs;
 pub use s3::S3Store;
-pub use settings::{AwsSettings, StaticCredentials};
+pub use settings::{AwsSettings, CallLimits, StaticCredentials};
 pub use sqs::SqsQueue;

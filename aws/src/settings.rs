@@ -14,9 +14,18 @@
 //! addon is cross-built for glibc 2.17 with zig, and aws-lc-sys is the part of that build
 //! that breaks. One client (one connection pool) is shared by every SDK client in the
 //! process.
+//!
+//! Retries: the SDK's standard retry strategy, configured explicitly by [`CallLimits`], is the
+//! one retry layer for failed calls (5xx, throttling, timeouts, broken connections). Nothing
+//! above it re-sends a call that failed; `SqsQueue::send_batch` only re-sends the *entries*
+//! SQS reported as failed inside a call that succeeded. `docs/deploy.md` ("Retries and
+//! timeouts") gives the worst cases in attempts and seconds.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::Credentials;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -24,6 +33,98 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 /// The standard variable the AWS SDKs and CLI read for a custom endpoint.
 pub const ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL";
+
+/// How many times, and for how long, one SDK call (an S3 GetObject, an SQS SendMessage...)
+/// may try before it fails: the SDK's standard retry mode (exponential backoff with full
+/// jitter) plus its timeouts. Each entry point picks its own: the worker can wait, the edge
+/// answers a viewer inside Lambda@Edge's 30 s.
+///
+/// Worst case of one call: `max_attempts` HTTP requests and at most `operation_timeout`
+/// seconds (each attempt at most `attempt_timeout`; the waits between them at most
+/// `initial_backoff × 2^(n-1)`, capped at `max_backoff`). The timeouts cover sending the
+/// request and receiving the response's headers; a streamed body (an S3 GetObject's) is
+/// read after the call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// HTTP requests per call, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// Upper bound of the first wait (the actual wait is random in 0..this), doubling after.
+    pub initial_backoff: Duration,
+    /// No single wait is longer, even when the service asks for more (`x-amz-retry-after`).
+    pub max_backoff: Duration,
+    /// To open a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// One HTTP request until its response's headers. Above 20 s for the worker: an SQS
+    /// long poll holds the request open that long.
+    pub attempt_timeout: Duration,
+    /// The whole call, retries and waits included.
+    pub operation_timeout: Duration,
+}
+
+impl CallLimits {
+    /// The worker Lambda, `edgethumb work` and `edgethumb enqueue`: off the request path, so
+    /// a failing service gets three tries over several seconds before a job is retried by
+    /// SQS (or an entry is reported failed).
+    pub const WORKER: CallLimits = CallLimits {
+        max_attempts: 3,
+        initial_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(3),
+        attempt_timeout: Duration::from_secs(30),
+        operation_timeout: Duration::from_secs(90),
+    };
+
+    /// Lambda@Edge (and the regional edge Lambda): a viewer is waiting and CloudFront gives
+    /// the function 30 s. A miss is one S3 GetObject, then the render and one SQS
+    /// SendMessage side by side; each call is bounded at 4 s and 2 attempts, so the fetch
+    /// and the enqueue together cost at most 8 s beside the render deadline
+    /// (`render_deadline_ms`, 20 s by default). A job that could not be enqueued is not lost:
+    /// the next miss enqueues it again.
+    pub const EDGE: CallLimits = CallLimits {
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(1),
+        attempt_timeout: Duration::from_millis(1_800),
+        operation_timeout: Duration::from_secs(4),
+    };
+
+    /// The SDK's standard retry strategy with these bounds.
+    pub fn retry_config(&self) -> RetryConfig {
+        RetryConfig::standard()
+            .with_max_attempts(self.max_attempts)
+            .with_initial_backoff(self.initial_backoff)
+            .with_max_backoff(self.max_backoff)
+    }
+
+    pub fn timeout_config(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect_timeout)
+            .operation_attempt_timeout(self.attempt_timeout)
+            .operation_timeout(self.operation_timeout)
+            .build()
+    }
+
+    /// The longest one call can take: the operation timeout, or less when the attempts and
+    /// the longest waits between them add up to less.
+    pub fn worst_case(&self) -> Duration {
+        let attempts = self.max_attempts.max(1);
+        let mut waits = Duration::ZERO;
+        for retry in 1..attempts {
+            let doubled = self
+                .initial_backoff
+                .saturating_mul(1u32.checked_shl(retry - 1).unwrap_or(u32::MAX));
+            waits += doubled.min(self.max_backoff);
+        }
+        (self.attempt_timeout.saturating_mul(attempts) + waits).min(self.operation_timeout)
+    }
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits::WORKER
+    }
+}
 
 /// Where and how to reach S3 and SQS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +140,8 @@ pub struct AwsSettings {
     /// Fixed credentials instead of the standard chain (env, profile, web identity, ECS
     /// container, IMDS). For tests and S3-compatible servers; Lambda uses the chain (env).
     pub static_credentials: Option<StaticCredentials>,
+    /// Retries and timeouts of every call made by the clients built here.
+    pub call_limits: CallLimits,
 }
 
 /// An access key pair, for [`AwsSettings::static_credentials`].
@@ -66,7 +169,14 @@ impl AwsSettings {
             endpoint_url: None,
             force_path_style: false,
             static_credentials: None,
+            call_limits: CallLimits::WORKER,
         }
+    }
+
+    /// Other retry and timeout bounds than the worker's ([`CallLimits::EDGE`], tests).
+    pub fn with_call_limits(mut self, limits: CallLimits) -> Self {
+        self.call_limits = limits;
+        self
     }
 
     /// A custom endpoint (also turns on path-style addressing, which every local
@@ -113,6 +223,8 @@ impl AwsSettings {
         let endpoint = self.resolved_endpoint();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
+            .retry_config(self.call_limits.retry_config())
+            .timeout_config(self.call_limits.timeout_config())
             .http_client(shared_http_client());
         if let Some(endpoint) = &endpoint {
             loader = loader.endpoint_url(endpoint.clone());
@@ -211,6 +323,31 @@ mod tests {
         let config = settings.sdk_config().await;
         assert_eq!(config.endpoint_url(), Some("http://127.0.0.1:9"));
         assert_eq!(config.region().map(|r| r.as_ref()), Some("us-east-1"));
-        let (_s3, _sqs) = settings.clients().await;
+        let (s3, sqs) = settings.clients().await;
+        for retry in [
+            s3.config().retry_config().cloned(),
+            sqs.config().retry_config().cloned(),
+        ] {
+            assert_eq!(retry, Some(CallLimits::WORKER.retry_config()));
+        }
+        assert_eq!(
+            sqs.config()
+                .timeout_config()
+                .and_then(|t| t.operation_timeout()),
+            Some(CallLimits::WORKER.operation_timeout)
+        );
+    }
+
+    #[test]
+    fn worst_cases_are_bounded() {
+        // 3 attempts of 30 s and waits of ≤ 1 s and ≤ 2 s, capped by the 90 s operation timeout.
+        assert_eq!(CallLimits::WORKER.worst_case(), Duration::from_secs(90));
+        // 2 attempts of 1.8 s and one wait of ≤ 0.1 s: 3.7 s, under the 4 s operation timeout.
+        assert_eq!(CallLimits::EDGE.worst_case(), Duration::from_millis(3_700));
+        let one = CallLimits {
+            max_attempts: 1,
+            ..CallLimits::EDGE
+        };
+        assert_eq!(one.worst_case(), Duration::from_millis(1_800));
     }
 }

@@ -20,9 +20,12 @@ use edgethumb::queue::{
 const MAX_WAIT_PER_CALL: Duration = Duration::from_secs(20);
 /// SQS's largest visibility timeout (12 hours).
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
-/// Attempts for the failed entries of a batch (the first send included).
-const BATCH_ATTEMPTS: u32 = 4;
-const BATCH_BACKOFF: Duration = Duration::from_millis(100);
+/// Sends of the entries of a batch that SQS reported as failed through no fault of ours
+/// (the first send included). Only entries are retried here: a call that fails outright was
+/// already retried by the SDK ([`crate::CallLimits`]) and is not sent again.
+pub const ENTRY_ATTEMPTS: u32 = 3;
+/// Wait before the first re-send of failed entries, doubling after.
+pub const ENTRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What an SQS failure means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,9 +140,11 @@ impl SqsQueue {
         }
     }
 
-    /// Send one chunk (≤ 10 entries, ≤ the size limit in total), retrying only the entries
-    /// SQS reports as failed through no fault of ours. Returns the entries still failed and,
-    /// when no call got through at all, the last call error.
+    /// Send one chunk (≤ 10 entries, ≤ the size limit in total), re-sending only the
+    /// entries SQS reports as failed with a retryable code (up to [`ENTRY_ATTEMPTS`] sends,
+    /// [`ENTRY_BACKOFF`] doubling between them). A call error ends the chunk: the SDK has
+    /// already retried that call. Returns the entries still failed and, when no call got
+    /// through at all, the call error.
     async fn send_chunk(
         &self,
         bodies: &[String],
@@ -150,12 +155,12 @@ impl SqsQueue {
         let mut last_reasons: HashMap<usize, String> = HashMap::new();
         let mut call_error = None;
         let mut any_call_ok = false;
-        for attempt in 0..BATCH_ATTEMPTS {
+        for attempt in 0..ENTRY_ATTEMPTS {
             if pending.is_empty() {
                 break;
             }
             if attempt > 0 {
-                tokio::time::sleep(BATCH_BACKOFF * 2u32.pow(attempt - 1)).await;
+                tokio::time::sleep(ENTRY_BACKOFF * 2u32.pow(attempt - 1)).await;
             }
             let mut entries = Vec::with_capacity(pending.len());
             for &index in &pending {
@@ -190,26 +195,23 @@ impl SqsQueue {
                             failed.code,
                             failed.message.as_deref().unwrap_or("")
                         );
-                        if failed.sender_fault {
-                            // Our request is wrong for this entry; resending cannot help.
-                            final_failures.push(FailedEntry { index, reason });
-                        } else {
+                        if entry_retryable(failed.sender_fault, &failed.code) {
                             last_reasons.insert(index, reason);
                             retry.push(index);
+                        } else {
+                            // Our request is wrong for this entry; resending cannot help.
+                            final_failures.push(FailedEntry { index, reason });
                         }
                     }
                     pending = retry;
                 }
                 Err(err) => {
                     let error = self.error("SendMessageBatch", &err, None);
-                    let retryable = error.is_retryable();
                     for &index in &pending {
                         last_reasons.insert(index, error.to_string());
                     }
                     call_error = Some(error);
-                    if !retryable {
-                        break;
-                    }
+                    break;
                 }
             }
         }
@@ -223,6 +225,12 @@ impl SqsQueue {
         }));
         (final_failures, if any_call_ok { None } else { call_error })
     }
+}
+
+/// Whether an entry SQS reported as failed in a SendMessageBatch answer is worth sending
+/// again: the service's fault (`SenderFault: false`), or throttling even when blamed on us.
+pub fn entry_retryable(sender_fault: bool, code: &str) -> bool {
+    !sender_fault || classify(Some(400), Some(code)) == SqsFailure::Retryable
 }
 
 /// Whole seconds for SQS, rounding up so a sub-second visibility never becomes 0
@@ -405,6 +413,18 @@ mod tests {
             classify(Some(403), Some("AccessDenied")),
             SqsFailure::Permanent
         );
+    }
+
+    #[test]
+    fn only_entries_failed_by_the_service_or_throttled_are_resent() {
+        assert!(entry_retryable(false, "InternalError"));
+        assert!(entry_retryable(false, "AnythingElse"));
+        assert!(entry_retryable(true, "RequestThrottled"));
+        assert!(!entry_retryable(true, "InvalidParameterValue"));
+        assert!(!entry_retryable(
+            true,
+            "AWS.SimpleQueueService.BatchEntryIdsNotDistinct"
+        ));
     }
 
     #[test]

@@ -149,6 +149,33 @@ async fn a_job_writes_a_tagged_variant_with_type_cache_control_and_metadata() {
     assert_eq!(&body[..4], b"RIFF");
 }
 
+/// A job written by hand or by another system: `v`, `bucket` and `variant_key`, nothing
+/// else (`events/job-v1-minimal.json`). The worker derives the original and the params.
+#[tokio::test]
+async fn a_minimal_hand_written_job_produces_the_variant() {
+    let Some(store) = common::moto_store("worker_moto::a_minimal_job").await else {
+        return;
+    };
+    with_original(&store, "photos/cat.jpg").await;
+    let key = "photos/cat.jpg@200w.webp";
+    let sample: serde_json::Value =
+        serde_json::from_str(include_str!("../../events/job-v1-minimal.json")).unwrap();
+    assert_eq!(sample["variant_key"], key);
+    let body =
+        serde_json::json!({"v": 1, "bucket": store.bucket(), "variant_key": key}).to_string();
+    let response = handle_sqs_event(&worker(&store), event(&[("m1", body)]), soon()).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let variant = store.get(key, u64::MAX).await.unwrap().unwrap();
+    assert_eq!(&variant.body[..4], b"RIFF");
+    let decoded = image::load_from_memory(&variant.body).unwrap();
+    assert_eq!(decoded.width(), 200);
+    let head = store.head(key).await.unwrap().unwrap();
+    assert_eq!(
+        head.metadata.get(meta::PARAMS).map(String::as_str),
+        Some("200w.webp")
+    );
+}
+
 #[tokio::test]
 async fn a_duplicate_job_does_not_write_again() {
     let Some(store) = common::moto_store("worker_moto::a_duplicate_job").await else {

@@ -14,7 +14,7 @@ use edgethumb::edge::{BucketLocation, EdgeConfig, OriginStores};
 use edgethumb::store::ObjectStore;
 
 use crate::s3::S3Store;
-use crate::settings::AwsSettings;
+use crate::settings::{AwsSettings, CallLimits};
 use crate::sqs::SqsQueue;
 
 /// Clients made on first use, one per region, shared by every later request.
@@ -99,8 +99,10 @@ impl AwsEdgeAdapters {
     }
 }
 
+/// The edge's calls are bounded by [`CallLimits::EDGE`] (fewer attempts, shorter timeouts
+/// than the worker's): a viewer is waiting.
 fn settings(config: &EdgeConfig, region: &str) -> AwsSettings {
-    let settings = AwsSettings::new(region);
+    let settings = AwsSettings::new(region).with_call_limits(CallLimits::EDGE);
     match &config.endpoint_url {
         Some(endpoint) => settings.with_endpoint(endpoint.clone()),
         None => settings,
@@ -109,7 +111,7 @@ fn settings(config: &EdgeConfig, region: &str) -> AwsSettings {
 
 /// An S3 client for `region` from the already loaded configuration: no second load.
 fn s3_client(sdk: &SdkConfig, endpoint: Option<&str>, region: &str) -> aws_sdk_s3::Client {
-    let mut settings = AwsSettings::new(region);
+    let mut settings = AwsSettings::new(region).with_call_limits(CallLimits::EDGE);
     if let Some(endpoint) = endpoint {
         settings = settings.with_endpoint(endpoint);
     }
@@ -149,7 +151,11 @@ mod tests {
             "test",
         )
         .unwrap();
-        let AwsEdgeAdapters { stores, .. } = AwsEdgeAdapters::new(&config).await;
+        let AwsEdgeAdapters { stores, queue } = AwsEdgeAdapters::new(&config).await;
+        assert_eq!(
+            queue.client().config().retry_config().cloned(),
+            Some(CallLimits::EDGE.retry_config())
+        );
         let at = |region: Option<&str>| BucketLocation {
             bucket: "photos".into(),
             region: region.map(String::from),
@@ -172,6 +178,17 @@ mod tests {
             })
             .collect();
         assert_eq!(regions, ["us-west-2", "eu-west-1"]);
+        let s3 = stores.clients.get("us-west-2");
+        assert_eq!(
+            s3.config().retry_config().cloned(),
+            Some(CallLimits::EDGE.retry_config())
+        );
+        assert_eq!(
+            s3.config()
+                .timeout_config()
+                .and_then(|t| t.operation_timeout()),
+            Some(CallLimits::EDGE.operation_timeout)
+        );
         assert_eq!(stores.clients.regions(), 2);
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod edge_config;
 mod enqueue;
 mod render;
 mod serve;
@@ -33,6 +34,8 @@ pub enum Command {
     Work(work::WorkArgs),
     /// Print signed variant URLs for the `signed` viewer guard (or the KeyValueStore import file).
     Sign(sign::SignArgs),
+    /// Write (from the stack's outputs) or check the edge's edgethumb.json.
+    EdgeConfig(edge_config::EdgeConfigArgs),
 }
 
 /// Parse the command line, run the subcommand, and exit non-zero with a one-line reason
@@ -45,6 +48,7 @@ pub fn main() -> ExitCode {
         Command::Enqueue(args) => enqueue::run(args),
         Command::Work(args) => work::run(args),
         Command::Sign(args) => sign::run(args),
+        Command::EdgeConfig(args) => edge_config::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
 
 use edgethumb::queue::JobQueue;
 use edgethumb::store::ObjectStore;
-use edgethumb::worker::{BucketStores, RunSummary, Runner, RunnerOptions, Worker, WorkerConfig};
+use edgethumb::worker::{
+    BucketStores, RunSummary, Runner, RunnerOptions, SETTINGS, Worker, WorkerConfig,
+};
 use edgethumb_aws::worker::{S3Buckets, settings_from_env};
 
 #[derive(Debug, Args)]
@@ -36,15 +38,10 @@ pub struct WorkArgs {
     /// Drain the queue and exit (non-zero if any job failed).
     #[arg(long)]
     pub once: bool,
-    /// Renders at once (default: the number of cores).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub concurrency: Option<u16>,
-    /// SSIMULACRA2 score the quality search aims for when the URL sets no `q`.
-    #[arg(long)]
-    pub target_score: Option<f64>,
-    /// Cache-Control written on variants.
-    #[arg(long)]
-    pub cache_control: Option<String>,
+    /// The worker's settings (`--target-score`, `--cache-control`, ...), one flag per row of
+    /// the core's `edgethumb::worker::SETTINGS`, over the same `EDGETHUMB_*` variables.
+    #[command(flatten)]
+    pub settings: SettingFlags,
     /// Visibility timeout asked for on receive, in seconds (renewed while a job runs).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=43_200))]
     pub visibility_timeout: u64,
@@ -56,26 +53,64 @@ pub struct WorkArgs {
     pub json_logs: bool,
 }
 
+/// The raw values of the worker-setting flags, `(flag, value)`: clap only collects them;
+/// the core checks them exactly as it checks the environment's, so both are refused with the
+/// same reason and the worker Lambda needs no CLI parser.
+#[derive(Debug, Default, Clone)]
+pub struct SettingFlags(pub Vec<(&'static str, String)>);
+
+impl FromArgMatches for SettingFlags {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(SettingFlags(
+            SETTINGS
+                .iter()
+                .filter_map(|s| {
+                    matches
+                        .get_one::<String>(s.flag)
+                        .map(|value| (s.flag, value.clone()))
+                })
+                .collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for SettingFlags {
+    fn augment_args(command: Command) -> Command {
+        SETTINGS.iter().fold(command, |command, setting| {
+            command.arg(
+                Arg::new(setting.flag)
+                    .long(setting.flag)
+                    .value_name("VALUE")
+                    .help(format!(
+                        "{}: {} [env: {}]",
+                        setting.help, setting.expects, setting.env
+                    )),
+            )
+        })
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        Self::augment_args(command)
+    }
+}
+
 type Stores = Box<dyn Fn(&str) -> Arc<dyn ObjectStore> + Send + Sync>;
 
 pub fn run(args: WorkArgs) -> anyhow::Result<()> {
     init_logs(args.json_logs);
-    let mut config = WorkerConfig::from_env().context("worker settings")?;
-    if let Some(n) = args.concurrency {
-        config.concurrency = usize::from(n);
-    }
-    if let Some(score) = args.target_score {
-        if !(0.0..=100.0).contains(&score) {
-            bail!("--target-score must be in 0..=100, not {score}");
-        }
-        config.tuning.target_score = score;
-    }
-    if let Some(cc) = args.cache_control.clone() {
-        if cc.trim().is_empty() || !cc.is_ascii() || cc.contains(['\r', '\n']) {
-            bail!("--cache-control must be a non-empty single-line ASCII header value");
-        }
-        config.cache_control = cc;
-    }
+    let config = WorkerConfig::from_sources(
+        |name| std::env::var(name).ok(),
+        args.settings
+            .0
+            .iter()
+            .map(|(flag, value)| (*flag, value.as_str())),
+    )
+    .context("worker settings")?;
     let options = RunnerOptions {
         once: args.once,
         // Draining needs only a short poll to tell "empty" from "slow".
