@@ -239,8 +239,23 @@ run_chaos() {
     log "!!! SKIPPED: chaos runs (EDGETHUMB_SKIP_CHAOS=1) !!!"
     return 0
   fi
-  (cd "$ROOT" && cargo build --workspace --bin edgethumb)
-  CHAOS_OUT="$ROOT/.cache/chaos/short" bash "$ROOT/scripts/chaos/run.sh" short >/dev/null
+  # The CLI `cargo test --workspace` just built (as validate_deploy: a `cargo build` would
+  # resolve features without the dev-dependencies and rebuild the AWS SDK and more, minutes).
+  local bin="${EDGETHUMB_BIN:-$(cli_binary)}"
+  if [ -z "$bin" ]; then
+    (cd "$ROOT" && cargo build --workspace --bin edgethumb)
+    bin="$(cli_binary)"
+  fi
+  EDGETHUMB_BIN="$bin" CHAOS_OUT="$ROOT/.cache/chaos/short" \
+    bash "$ROOT/scripts/chaos/run.sh" short >/dev/null
+}
+
+# The `edgethumb` binary in this checkout's target directory, or nothing.
+cli_binary() {
+  local target
+  target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+  if [ -x "$target/debug/edgethumb" ]; then echo "$target/debug/edgethumb"; fi
 }
 
 # ---- deployment (owner: deploy; see docs/deploy.md) ----
@@ -248,11 +263,9 @@ validate_deploy() {
   # The edge-config checks run the `edgethumb` CLI: the one `cargo test --workspace` just built
   # (a `cargo build` of it would resolve features without the dev-dependencies and rebuild
   # many crates).
-  local target
-  target="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-  if [ -z "${EDGETHUMB_BIN:-}" ] && [ -x "$target/debug/edgethumb" ]; then
-    EDGETHUMB_BIN="$target/debug/edgethumb" bash "$ROOT/scripts/validate_deploy.sh"
+  local bin="${EDGETHUMB_BIN:-$(cli_binary)}"
+  if [ -n "$bin" ]; then
+    EDGETHUMB_BIN="$bin" bash "$ROOT/scripts/validate_deploy.sh"
   else
     bash "$ROOT/scripts/validate_deploy.sh"
   fi
