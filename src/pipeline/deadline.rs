@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::PipelineError;
 
@@ -92,14 +92,10 @@ impl Default for Deadline {
     }
 }
 
-/// Milliseconds, for messages.
-pub(crate) fn ms(d: Duration) -> u128 {
-    d.as_millis()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn no_deadline_never_fails_and_a_past_one_names_the_step() {

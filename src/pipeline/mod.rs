@@ -102,8 +102,8 @@ pub enum PipelineError {
     /// The render took longer than its caller allowed.
     #[error(
         "rendering stopped in the {step} step after {} ms, past its deadline of {} ms",
-        deadline::ms(*elapsed),
-        deadline::ms(*limit)
+        elapsed.as_millis(),
+        limit.as_millis()
     )]
     DeadlineExceeded {
         step: &'static str,

@@ -440,12 +440,11 @@ async fn object(
 }
 
 async fn answer_object(
-    app: &Arc<App>,
+    app: &App,
     method: Method,
     uri: Uri,
     request_headers: HeaderMap,
 ) -> Response {
-    let app = app.clone();
     let started = Instant::now();
     if method != Method::GET && method != Method::HEAD {
         let mut response = app.error(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD");
@@ -456,7 +455,7 @@ async fn answer_object(
     }
     // Hostile paths are refused before anything else reads them.
     if let Err(refusal) = request_key(uri.path()) {
-        return with_total_timing(key_refusal(&app, &refusal), started);
+        return with_total_timing(key_refusal(app, &refusal), started);
     }
     // What the viewer-request function does before CloudFront's cache lookup: one
     // canonical URI per variant (so one stored object and one job), `.auto` resolved from
@@ -481,12 +480,12 @@ async fn answer_object(
     };
     let key = match request_key(&path) {
         Ok(key) => key,
-        Err(refusal) => return with_total_timing(key_refusal(&app, &refusal), started),
+        Err(refusal) => return with_total_timing(key_refusal(app, &refusal), started),
     };
-    let response = match lookup(&app, &key, &request_headers).await {
+    let response = match lookup(app, &key, &request_headers).await {
         Ok(Some(hit)) => hit,
-        Ok(None) => miss(&app, &method, &path).await,
-        Err(error) => store_error(&app, &key, &error),
+        Ok(None) => miss(app, &method, &path).await,
+        Err(error) => store_error(app, &key, &error),
     };
     with_total_timing(response, started)
 }
