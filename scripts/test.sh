@@ -305,10 +305,12 @@ run_viewer_js_tests() {
   node --test tests/viewer/
 }
 
-# wrk is the load generator of the chaos step's load run on serve.
+# wrk is the load generator of the chaos step's load run on serve. cmake builds libaom and
+# libavif (AVIF out) from their vendored sources; libaom's SIMD needs nasm too.
 setup_system_packages() {
   local missing=()
   command -v nasm >/dev/null || missing+=(nasm)
+  command -v cmake >/dev/null || missing+=(cmake)
   command -v wrk >/dev/null || missing+=(wrk)
   [ "${#missing[@]}" = 0 ] && return 0
   [ "$(id -u)" = 0 ] || die "${missing[*]} missing: apt-get install ${missing[*]} (needs root)"

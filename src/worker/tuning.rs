@@ -15,7 +15,7 @@
 
 use ssimulacra2::{LinearRgb, compute_frame_ssimulacra2};
 
-use crate::pipeline::{self, EncodeSpec, Limits, PipelineError, Prepared, Profile};
+use crate::pipeline::{self, EncodeSpec, PipelineError, Prepared, Profile};
 use crate::variant::{DEFAULT_QUALITY, OutputFormat, Params};
 
 /// SSIMULACRA2's smallest supported side.
@@ -153,11 +153,7 @@ impl Scorer {
 /// Decode one of our own outputs back to pixels: the pipeline at 100 %, which for a file
 /// without orientation or ICC is a plain decode.
 fn decode(encoded: &[u8]) -> Result<Prepared, PipelineError> {
-    let limits = Limits {
-        max_pixels: u64::MAX,
-        max_bytes: u64::MAX,
-    };
-    pipeline::prepare(encoded, &Params::default(), &limits)
+    pipeline::decode_output(encoded)
 }
 
 /// 8-bit sRGB to linear light, through a table (256 entries, exact to f32).

@@ -61,12 +61,13 @@ const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "gif"];
 
 /// The variants the page shows for each original (its grid) without a `list` guard. Every
 /// one is a real request: the first a miss rendered by the edge handler, later ones hits.
-const PAGE_GRID: [&str; 10] = [
+const PAGE_GRID: [&str; 11] = [
     "160w.jpg",
     "160w.webp",
     "160w.png",
     "320w.jpg",
     "320w.webp",
+    "320w.avif",
     "320w.png",
     "640w.jpg",
     "640w.webp",
