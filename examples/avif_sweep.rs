@@ -4,7 +4,8 @@
 //!
 //! e.g. `... /tmp/corpus 400w_400h 30,45,60,75 s8:420 s6:420 s6:444 s6:420:sharpness=2`
 //! (`sS` libaom speed, `420`/`444` chroma, then `key=value` libaom options), plus the
-//! setting `jpeg` for mozjpeg `best` at the same qualities (on its own 1–100 scale). Each
+//! settings `jpeg` (mozjpeg `best`) and `webp-fast` (libwebp, the edge's settings) at the
+//! same qualities (on their own 1–100 scales). Each
 //! image is prepared once (as the worker does) and scored against the full-decode
 //! reference; one line per (setting, quality): total bytes, mean and min score, mean
 //! encode CPU time. Used to choose the settings and the `q` mapping in
@@ -86,12 +87,17 @@ fn main() -> anyhow::Result<()> {
             let (mut bytes, mut scores, mut cpu) = (0usize, Vec::new(), 0f64);
             for (_, prepared, scorer) in &images {
                 let t = thread_cpu_seconds();
-                let encoded = if setting == "jpeg" {
+                let other = match setting.as_str() {
+                    "jpeg" => Some((OutputFormat::Jpeg, Profile::Best)),
+                    "webp-fast" => Some((OutputFormat::Webp, Profile::Fast)),
+                    _ => None,
+                };
+                let encoded = if let Some((format, profile)) = other {
                     prepared.encode(&EncodeSpec {
-                        format: OutputFormat::Jpeg,
+                        format,
                         quality: q as u8,
                         progressive: false,
-                        profile: Profile::Best,
+                        profile,
                     })?
                 } else {
                     let settings = parse_setting(setting)

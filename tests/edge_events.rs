@@ -483,7 +483,10 @@ async fn large_outputs_never_exceed_the_budget() {
     }
     assert_eq!(statuses[0], "503", "4096² noise cannot fit 200 kB");
     assert_eq!(statuses[3], "200", "512² noise fits once re-encoded");
-    assert_eq!(statuses[4], "200", "512² noise as AVIF fits once re-encoded");
+    assert_eq!(
+        statuses[4], "200",
+        "512² noise as AVIF fits once re-encoded"
+    );
     assert_eq!(rig.queue.len(), 6, "every miss enqueues, fitted or not");
 }
 

@@ -165,7 +165,7 @@ impl EdgeConfig {
         }
         if self.avif_max_pixels > budget::MAX_AVIF_MAX_PIXELS {
             return Err(format!(
-                "avif_max_pixels must be at most {} (AVIF beyond it takes seconds at the edge)",
+                "avif_max_pixels must be at most {} (the largest output the grammar allows)",
                 budget::MAX_AVIF_MAX_PIXELS
             ));
         }
@@ -286,6 +286,7 @@ mod tests {
         assert!(c.response_budget_bytes < LAMBDA_EDGE_RESPONSE_LIMIT);
         assert_eq!(c.limits(), Limits::default());
         assert_eq!(c.endpoint_url, None);
+        assert_eq!(c.avif_max_pixels, budget::DEFAULT_AVIF_MAX_PIXELS);
     }
 
     #[test]
@@ -314,6 +315,10 @@ mod tests {
             (
                 r#"{"queue_url": "u", "queue_region": "r", "max_source_bytes": 0}"#,
                 "max_source",
+            ),
+            (
+                r#"{"queue_url": "u", "queue_region": "r", "avif_max_pixels": 16777217}"#,
+                "avif_max_pixels",
             ),
             ("not json", "invalid"),
         ] {
