@@ -4,9 +4,10 @@
 //!
 //! `cargo run --release --features worker --example worker_metric_cost -- IMAGE PARAMS [MODE]`
 //!
-//! MODE is `both` (default: scores and times of both metrics side by side), or `fast` /
-//! `slow` (only that metric, so the process's peak RSS is that metric's: used to measure
-//! `SCORING_BYTES_PER_PIXEL`). See docs/benchmarks.md, "Quality search cost (issue 15)".
+//! MODE is `both` (default: encode, decode and score five qualities, both metrics side by
+//! side), or `fast` / `slow`: only that metric, only the resize against the reference (no
+//! encoder runs), so the growth of the process's peak RSS is that metric's: used to measure
+//! `SCORING_BYTES_PER_PIXEL`. See docs/benchmarks.md, "Quality search cost (issue 15)".
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed unwrap ends the run
 
 use std::time::{Duration, Instant};
@@ -41,12 +42,30 @@ fn main() -> anyhow::Result<()> {
         ms(t_reference),
         rss_before / 1024
     );
-    let (scorer, t_new) = timed(|| Scorer::for_output(&reference, format).unwrap().unwrap());
-    if mode != "slow" {
-        println!("fast-ssim2 reference precompute {} ms", ms(t_new));
-    }
     // Transparency is scored on black too only where the output keeps it (as the Scorer).
     let alpha = reference.has_alpha() && !matches!(format, OutputFormat::Jpeg);
+    // The metric's own memory, before any encoder runs: the scorer (and with it the
+    // precomputed reference) plus one comparison, of the resize alone (the ceiling).
+    let (scorer, t_new) = if mode == "slow" {
+        (None, Duration::ZERO)
+    } else {
+        let (scorer, t) = timed(|| Scorer::for_output(&reference, format).unwrap().unwrap());
+        (Some(scorer), t)
+    };
+    let ceiling = match &scorer {
+        Some(scorer) => scorer.score(&prepared).unwrap(),
+        None => slow_score(&reference, &prepared, alpha),
+    };
+    let rss_metric = peak_rss_kb();
+    println!(
+        "{mode}: ceiling {ceiling:.3}; peak RSS +{} MB for the metric = {} bytes per output pixel",
+        (rss_metric - rss_before) / 1024,
+        (rss_metric - rss_before) * 1024 / pixels.max(1) as i64
+    );
+    if mode != "both" {
+        return Ok(());
+    }
+    println!("fast-ssim2 reference precompute {} ms", ms(t_new));
     let mut worst: f64 = 0.0;
     for q in [40u8, 60, 75, 85, 95] {
         let spec = EncodeSpec {
@@ -69,7 +88,9 @@ fn main() -> anyhow::Result<()> {
             ms(t_encode),
             ms(t_decode)
         );
-        let fast = (mode != "slow").then(|| timed(|| scorer.score(&decoded).unwrap()));
+        let fast = scorer
+            .as_ref()
+            .map(|scorer| timed(|| scorer.score(&decoded).unwrap()));
         let slow = (mode != "fast").then(|| timed(|| slow_score(&reference, &decoded, alpha)));
         if let Some((score, t)) = fast {
             line.push_str(&format!("  fast-ssim2 {score:7.3} in {:6} ms", ms(t)));
@@ -83,12 +104,9 @@ fn main() -> anyhow::Result<()> {
         }
         println!("{line}");
     }
-    let rss_after = peak_rss_kb();
     println!(
-        "worst |delta| {worst:.3}; peak RSS {} MB, +{} MB while scoring = {} bytes per output pixel",
-        rss_after / 1024,
-        (rss_after - rss_before) / 1024,
-        (rss_after - rss_before) * 1024 / pixels.max(1) as i64
+        "worst |delta| {worst:.3}; peak RSS {} MB",
+        peak_rss_kb() / 1024
     );
     Ok(())
 }
