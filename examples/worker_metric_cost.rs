@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("fast-ssim2 reference precompute {} ms", ms(t_new));
+    simd_check(&reference, &prepared);
     let mut worst: f64 = 0.0;
     for q in [40u8, 60, 75, 85, 95] {
         let spec = EncodeSpec {
@@ -148,6 +149,40 @@ fn linear(image: &Prepared, bg: u8) -> LinearRgb {
         })
         .collect();
     LinearRgb::new(data, image.width as usize, image.height as usize).unwrap()
+}
+
+/// The SIMD kernels against fast-ssim2's scalar ones on the same pair (reference and
+/// comparison, opaque pixels only): proof that the dispatch really picks SIMD on this CPU.
+fn simd_check(reference: &Prepared, distorted: &Prepared) {
+    use fast_ssim2::{PixelDescriptor, PixelSlice, Ssimulacra2Config, Ssimulacra2Reference};
+    if reference.has_alpha() {
+        return;
+    }
+    fn slice(p: &Prepared) -> PixelSlice<'_> {
+        PixelSlice::new(
+            p.pixels(),
+            p.width,
+            p.height,
+            p.width as usize * 3,
+            PixelDescriptor::RGB8_SRGB,
+        )
+        .unwrap()
+    }
+    let run = |config: &Ssimulacra2Config| {
+        timed(|| {
+            Ssimulacra2Reference::new_with_config(&slice(reference), config)
+                .unwrap()
+                .compare_with_config(&slice(distorted), config)
+                .unwrap()
+        })
+    };
+    let (simd, t_simd) = run(&Ssimulacra2Config::simd());
+    let (scalar, t_scalar) = run(&Ssimulacra2Config::scalar());
+    println!(
+        "fast-ssim2 reference + one comparison: SIMD {} ms ({simd:.3}), scalar {} ms ({scalar:.3})",
+        ms(t_simd),
+        ms(t_scalar)
+    );
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
