@@ -1,6 +1,7 @@
 //! Score and size against quality for one image, and what the worker's tuner picks.
 //!
-//! `cargo run --release --example worker_tune_curve -- IMAGE PARAMS [TARGET]`
+//! `cargo run --release --example worker_tune_curve -- IMAGE PARAMS [TARGET [STEP]]`
+//! (STEP: quality step of the printed curve, default 5)
 //! (used to choose the tuner's start, step and default target; see docs/worker.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed unwrap ends the run
 
@@ -13,11 +14,12 @@ use edgethumb::worker::tuning::{self, Scorer, TuningConfig};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(path), Some(spec)) = (args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: worker_tune_curve IMAGE PARAMS [TARGET]");
+        anyhow::bail!("usage: worker_tune_curve IMAGE PARAMS [TARGET [STEP]]");
     };
     let target: f64 = args
         .get(3)
         .map_or(Ok(tuning::DEFAULT_TARGET_SCORE), |t| t.parse())?;
+    let step: usize = args.get(4).map_or(Ok(5), |s| s.parse())?;
     let source = std::fs::read(path)?;
     let params: Params = spec.parse()?;
     let limits = Limits::default();
@@ -27,8 +29,9 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let reference = pipeline::prepare_reference(&source, &params, &limits)?;
     let t_reference = t.elapsed();
-    let scorer = Scorer::new(&reference)?.ok_or_else(|| anyhow::anyhow!("too small"))?;
     let format = params.output_format(prepared.source_format);
+    let scorer =
+        Scorer::for_output(&reference, format)?.ok_or_else(|| anyhow::anyhow!("too small"))?;
     println!(
         "{path} {spec}: {}x{} prepare {:?} reference {:?} ceiling {:.2}",
         prepared.width,
@@ -37,7 +40,7 @@ fn main() -> anyhow::Result<()> {
         t_reference,
         scorer.score(&prepared)?
     );
-    for q in (30..=95).step_by(5) {
+    for q in (30..=95).step_by(step.max(1)) {
         let t = Instant::now();
         let bytes = prepared.encode(&EncodeSpec {
             format,

@@ -15,6 +15,8 @@ pub mod settings;
 pub mod tuning;
 
 #[cfg(test)]
+mod metric_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tuning_tests;

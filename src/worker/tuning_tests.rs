@@ -9,10 +9,10 @@ use crate::pipeline::{self, EncodeSpec, Limits, Profile};
 use crate::variant::{DEFAULT_QUALITY, OutputFormat, Params};
 
 /// Deterministic pseudo-random numbers (xorshift), so the images are the same every run.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u8 {
+    pub(super) fn next(&mut self) -> u8 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -20,7 +20,7 @@ impl Rng {
     }
 }
 
-fn png(img: image::RgbImage) -> Vec<u8> {
+pub(super) fn png(img: image::RgbImage) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     image::DynamicImage::ImageRgb8(img)
         .write_to(&mut out, image::ImageFormat::Png)
@@ -31,7 +31,7 @@ fn png(img: image::RgbImage) -> Vec<u8> {
 const W: u32 = 480;
 const H: u32 = 360;
 
-fn smooth_gradient() -> Vec<u8> {
+pub(super) fn smooth_gradient() -> Vec<u8> {
     png(image::RgbImage::from_fn(W, H, |x, y| {
         image::Rgb([
             (x * 255 / W) as u8,
@@ -44,7 +44,7 @@ fn smooth_gradient() -> Vec<u8> {
 /// Heavy grain over a gradient, like a high-ISO photo: mostly luminance noise with some
 /// chroma noise. (Independent full-range noise per RGB channel is not a photo; JPEG's
 /// chroma subsampling caps its score well under any useful target, see docs/worker.md.)
-fn noise() -> Vec<u8> {
+pub(super) fn noise() -> Vec<u8> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     png(image::RgbImage::from_fn(W, H, |x, y| {
         let luma = i32::from(rng.next()) / 3 - 42;
@@ -61,7 +61,7 @@ fn noise() -> Vec<u8> {
 }
 
 /// Black strokes on white, like text or line art: hard edges everywhere.
-fn text_like() -> Vec<u8> {
+pub(super) fn text_like() -> Vec<u8> {
     png(image::RgbImage::from_fn(W, H, |x, y| {
         let line = (y / 18) % 2 == 0;
         let glyph = (x / 7 + y / 18 * 3) % 5 != 0;
@@ -75,7 +75,7 @@ fn text_like() -> Vec<u8> {
 }
 
 /// Photo-like: sky gradient, a soft sun, a hill with fine texture, mild noise.
-fn photo_like() -> Vec<u8> {
+pub(super) fn photo_like() -> Vec<u8> {
     let mut rng = Rng(0x1234_5678_9ABC_DEF1);
     png(image::RgbImage::from_fn(W, H, |x, y| {
         let (fx, fy) = (x as f32 / W as f32, y as f32 / H as f32);
@@ -98,6 +98,24 @@ fn photo_like() -> Vec<u8> {
             b.clamp(0.0, 255.0) as u8,
         ])
     }))
+}
+
+/// The photo-like image with a radial alpha ramp (opaque centre, transparent corners), as
+/// a cut-out or a logo would have.
+pub(super) fn with_alpha() -> Vec<u8> {
+    let photo = image::load_from_memory(&photo_like()).unwrap().to_rgb8();
+    let (w, h) = photo.dimensions();
+    let rgba = image::RgbaImage::from_fn(w, h, |x, y| {
+        let p = photo.get_pixel(x, y).0;
+        let (dx, dy) = (x as f32 / w as f32 - 0.5, y as f32 / h as f32 - 0.5);
+        let alpha = (1.0 - (dx * dx + dy * dy).sqrt() * 1.6).clamp(0.0, 1.0);
+        image::Rgba([p[0], p[1], p[2], (alpha * 255.0) as u8])
+    });
+    let mut out = Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgba8(rgba)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
 }
 
 #[test]
@@ -246,4 +264,36 @@ fn outputs_too_big_to_score_keep_the_default_quality() {
     assert_eq!((choice.quality, choice.encodes), (DEFAULT_QUALITY, 1));
     assert_eq!(choice.score, None);
     assert_eq!(&choice.bytes[..2], &[0xFF, 0xD8]);
+}
+
+#[test]
+fn a_transparent_source_is_tuned_as_each_format_shows_it() {
+    // JPEG flattens transparency on white, so its candidates are scored on white only (on
+    // black they scored about -1000 at every quality and the search gave up as
+    // "unreachable"); WebP keeps alpha and is scored on white and black, the lower counting.
+    let source = with_alpha();
+    let limits = Limits::default();
+    let config = TuningConfig::default();
+    for format in [OutputFormat::Jpeg, OutputFormat::Webp] {
+        let params: Params = format!("320w.{}", format.extension()).parse().unwrap();
+        let prepared = pipeline::prepare(&source, &params, &limits).unwrap();
+        let reference = pipeline::prepare_reference(&source, &params, &limits).unwrap();
+        assert!(reference.has_alpha());
+        let tuned = tuning::encode_best(&prepared, Some(&reference), &params, &config).unwrap();
+        let score = tuned.score.unwrap();
+        assert_eq!(
+            tuned.method, "tuned",
+            "{format}: q{} {score}",
+            tuned.quality
+        );
+        assert!(score >= config.target_score, "{format}: {score}");
+        let both = Scorer::new(&reference).unwrap().unwrap();
+        let as_seen = Scorer::for_output(&reference, format).unwrap().unwrap();
+        let on_both = both.score_encoded(&tuned.bytes).unwrap();
+        match format {
+            // The black comparison is what sank the JPEG.
+            OutputFormat::Jpeg => assert!(on_both < 0.0, "{on_both}"),
+            _ => assert_eq!(on_both, as_seen.score_encoded(&tuned.bytes).unwrap()),
+        }
+    }
 }

@@ -114,6 +114,17 @@ struct Report {
     median_total_ms: f64,
     median_cpu_ms: f64,
     peak_rss_kb: i64,
+    /// With `--tune`: the quality the search chose, its score, the encodes it spent and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tuned: Option<Tuned>,
+}
+
+#[derive(Debug, Serialize)]
+struct Tuned {
+    quality: u8,
+    score: Option<f64>,
+    encodes: u32,
+    method: &'static str,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -158,14 +169,23 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}", input.display()))?;
         let prepared_at = Instant::now();
         let encode_spec = prepared.encode_spec(&params, profile);
-        let bytes = if let Some(tuning) = &tuning {
-            edgethumb::worker::process::encode_prepared(source, &prepared, &params, &limits, tuning)
-                .with_context(|| format!("{}", input.display()))?
-                .bytes
+        let (bytes, tuned) = if let Some(tuning) = &tuning {
+            let choice = edgethumb::worker::process::encode_prepared(
+                source, &prepared, &params, &limits, tuning,
+            )
+            .with_context(|| format!("{}", input.display()))?;
+            let tuned = Tuned {
+                quality: choice.quality,
+                score: choice.score,
+                encodes: choice.encodes,
+                method: choice.method,
+            };
+            (choice.bytes, Some(tuned))
         } else {
-            prepared
+            let bytes = prepared
                 .encode(&encode_spec)
-                .with_context(|| format!("{}", input.display()))?
+                .with_context(|| format!("{}", input.display()))?;
+            (bytes, None)
         };
         let done = Instant::now();
         let t = prepared.timings;
@@ -177,9 +197,9 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             total_ms: ms(done - start),
             cpu_ms: ms(cpu_time().saturating_sub(cpu_start)),
         });
-        last = Some((prepared, encode_spec, bytes));
+        last = Some((prepared, encode_spec, bytes, tuned));
     }
-    let Some((prepared, encode_spec, bytes)) = last else {
+    let Some((prepared, encode_spec, bytes, tuned)) = last else {
         bail!("no run");
     };
     std::fs::write(&args.output, &bytes)
@@ -207,6 +227,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             },
             runs,
             peak_rss_kb: peak_rss_kb(),
+            tuned,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

@@ -1,0 +1,249 @@
+//! The worker's SSIMULACRA2 (fast-ssim2, SIMD, reference side precomputed) against the
+//! reference implementation it replaced (the `ssimulacra2` crate, scalar): on photo-like,
+//! screenshot, noise and line-art images under JPEG and WebP at several qualities, blur,
+//! added noise and an image with alpha, the two agree within [`TOLERANCE`] points, so the
+//! quality search takes the same decisions with the faster metric.
+
+use std::io::Cursor;
+
+use ssimulacra2::{LinearRgb, compute_frame_ssimulacra2};
+
+use super::tuning::Scorer;
+use super::tuning_tests::{Rng, noise, photo_like, smooth_gradient, text_like, with_alpha};
+use crate::pipeline::{self, EncodeSpec, Limits, Prepared, Profile};
+use crate::variant::{OutputFormat, Params};
+
+/// Largest difference allowed between the two implementations, in score points.
+const TOLERANCE: f64 = 0.5;
+
+/// The score the worker used before fast-ssim2: flattened on white (and on black when there
+/// is alpha) in sRGB, converted to linear light, scored by the `ssimulacra2` crate, the
+/// lower score counting.
+fn reference_score(reference: &Prepared, distorted: &Prepared) -> f64 {
+    let backgrounds: &[u8] = if reference.has_alpha() {
+        &[255, 0]
+    } else {
+        &[255]
+    };
+    backgrounds
+        .iter()
+        .map(|&bg| compute_frame_ssimulacra2(linear(reference, bg), linear(distorted, bg)).unwrap())
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn linear(image: &Prepared, bg: u8) -> LinearRgb {
+    let to_linear = |v: u8| {
+        let c = f32::from(v) / 255.0;
+        if c <= 0.040_45 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    let over = |v: u8, a: u8| {
+        let (v, a, bg) = (u32::from(v), u32::from(a), u32::from(bg));
+        ((v * a + bg * (255 - a) + 127) / 255) as u8
+    };
+    let channels = if image.has_alpha() { 4 } else { 3 };
+    let data = image
+        .pixels()
+        .chunks_exact(channels)
+        .map(|p| {
+            let a = if channels == 4 { p[3] } else { 255 };
+            [
+                to_linear(over(p[0], a)),
+                to_linear(over(p[1], a)),
+                to_linear(over(p[2], a)),
+            ]
+        })
+        .collect();
+    LinearRgb::new(data, image.width as usize, image.height as usize).unwrap()
+}
+
+fn decode(bytes: &[u8]) -> Prepared {
+    pipeline::prepare(bytes, &Params::default(), &Limits::default()).unwrap()
+}
+
+fn encoded(image: &Prepared, format: OutputFormat, quality: u8) -> Prepared {
+    decode(
+        &image
+            .encode(&EncodeSpec {
+                format,
+                quality,
+                progressive: false,
+                profile: Profile::Best,
+            })
+            .unwrap(),
+    )
+}
+
+/// `image` through an image-crate operation, back as a PNG and decoded by our pipeline.
+fn altered(image: &Prepared, op: impl Fn(image::DynamicImage) -> image::DynamicImage) -> Prepared {
+    let (w, h) = (image.width, image.height);
+    let dynamic = if image.has_alpha() {
+        image::DynamicImage::ImageRgba8(
+            image::RgbaImage::from_raw(w, h, image.pixels().to_vec()).unwrap(),
+        )
+    } else {
+        image::DynamicImage::ImageRgb8(
+            image::RgbImage::from_raw(w, h, image.pixels().to_vec()).unwrap(),
+        )
+    };
+    let mut out = Cursor::new(Vec::new());
+    op(dynamic)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    decode(&out.into_inner())
+}
+
+fn blurred(image: &Prepared, sigma: f32) -> Prepared {
+    altered(image, |i| i.blur(sigma))
+}
+
+/// Uniform noise of ±`amplitude` on every channel (alpha untouched).
+fn noisy(image: &Prepared, amplitude: i32) -> Prepared {
+    altered(image, |i| {
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        let mut rgba = i.to_rgba8();
+        for p in rgba.pixels_mut() {
+            for c in &mut p.0[..3] {
+                let n = i32::from(rng.next()) * (2 * amplitude + 1) / 256 - amplitude;
+                *c = (i32::from(*c) + n).clamp(0, 255) as u8;
+            }
+        }
+        if i.color().has_alpha() {
+            image::DynamicImage::ImageRgba8(rgba)
+        } else {
+            image::DynamicImage::ImageRgb8(image::DynamicImage::ImageRgba8(rgba).to_rgb8())
+        }
+    })
+}
+
+/// The repository's screenshot (UI, text, a photo), scaled to a thumbnail by our pipeline:
+/// the one non-generated image at hand.
+fn screenshot() -> Prepared {
+    let params: Params = "400w.png".parse().unwrap();
+    pipeline::prepare(
+        include_bytes!("../../docs/serve.png"),
+        &params,
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn fast_ssim2_agrees_with_the_reference_implementation() {
+    use OutputFormat::{Jpeg, Webp};
+    let photo = decode(&photo_like());
+    let shot = screenshot();
+    let grain = decode(&noise());
+    let lines = decode(&text_like());
+    let gradient = decode(&smooth_gradient());
+    let alpha = decode(&with_alpha());
+    assert!(alpha.has_alpha());
+    let cases: Vec<(&str, &Prepared, Prepared)> = vec![
+        ("photo jpeg q20", &photo, encoded(&photo, Jpeg, 20)),
+        ("photo jpeg q50", &photo, encoded(&photo, Jpeg, 50)),
+        ("photo jpeg q75", &photo, encoded(&photo, Jpeg, 75)),
+        ("photo jpeg q90", &photo, encoded(&photo, Jpeg, 90)),
+        ("photo webp q40", &photo, encoded(&photo, Webp, 40)),
+        ("photo webp q80", &photo, encoded(&photo, Webp, 80)),
+        ("photo blur 0.8", &photo, blurred(&photo, 0.8)),
+        ("photo blur 2.0", &photo, blurred(&photo, 2.0)),
+        ("photo noise 6", &photo, noisy(&photo, 6)),
+        ("photo noise 24", &photo, noisy(&photo, 24)),
+        ("screenshot jpeg q60", &shot, encoded(&shot, Jpeg, 60)),
+        ("screenshot jpeg q85", &shot, encoded(&shot, Jpeg, 85)),
+        ("screenshot webp q70", &shot, encoded(&shot, Webp, 70)),
+        ("screenshot blur 1.0", &shot, blurred(&shot, 1.0)),
+        ("grain jpeg q70", &grain, encoded(&grain, Jpeg, 70)),
+        ("lines webp q60", &lines, encoded(&lines, Webp, 60)),
+        ("gradient jpeg q40", &gradient, encoded(&gradient, Jpeg, 40)),
+        ("alpha webp q60", &alpha, encoded(&alpha, Webp, 60)),
+        ("alpha webp q90", &alpha, encoded(&alpha, Webp, 90)),
+        ("alpha blur 1.5", &alpha, blurred(&alpha, 1.5)),
+        ("alpha noise 12", &alpha, noisy(&alpha, 12)),
+    ];
+    let mut report = String::new();
+    let mut worst: f64 = 0.0;
+    let (mut low, mut high) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (name, reference, distorted) in &cases {
+        assert_eq!(
+            distorted.has_alpha(),
+            reference.has_alpha(),
+            "{name}: the distortion must keep (or not have) alpha"
+        );
+        let scorer = Scorer::new(reference).unwrap().unwrap();
+        let fast = scorer.score(distorted).unwrap();
+        let slow = reference_score(reference, distorted);
+        let delta = fast - slow;
+        worst = worst.max(delta.abs());
+        low = low.min(slow);
+        high = high.max(slow);
+        report.push_str(&format!(
+            "{name:22} ssimulacra2 {slow:7.3}  fast-ssim2 {fast:7.3}  delta {delta:+.3}\n"
+        ));
+    }
+    println!("{report}worst |delta| {worst:.3}");
+    assert!(worst <= TOLERANCE, "{report}");
+    // The cases must span the scores the search moves through, not cluster in one corner.
+    assert!(
+        low < 40.0 && high > 85.0,
+        "scores {low:.1}..{high:.1}\n{report}"
+    );
+}
+
+#[test]
+fn the_precomputed_reference_scores_each_candidate_as_a_fresh_one_would() {
+    // One Scorer scores many candidates in a search: no state may leak from one comparison
+    // to the next.
+    let photo = decode(&photo_like());
+    let scorer = Scorer::new(&photo).unwrap().unwrap();
+    let candidates = [
+        encoded(&photo, OutputFormat::Jpeg, 30),
+        encoded(&photo, OutputFormat::Jpeg, 90),
+        blurred(&photo, 1.0),
+    ];
+    let first: Vec<f64> = candidates
+        .iter()
+        .map(|c| scorer.score(c).unwrap())
+        .collect();
+    let again: Vec<f64> = candidates
+        .iter()
+        .rev()
+        .map(|c| scorer.score(c).unwrap())
+        .collect();
+    for (i, c) in candidates.iter().enumerate() {
+        let fresh = Scorer::new(&photo).unwrap().unwrap().score(c).unwrap();
+        assert_eq!(first[i], fresh);
+        assert_eq!(again[candidates.len() - 1 - i], fresh);
+    }
+}
+
+#[test]
+fn alpha_is_scored_on_the_worse_of_white_and_black() {
+    // Colour wrongly whitened where the image is nearly transparent: a faint halo on black,
+    // next to nothing on white. The Scorer must report the black score, the lower one.
+    let alpha = decode(&with_alpha());
+    let damaged = altered(&alpha, |i| {
+        let mut rgba = i.to_rgba8();
+        for p in rgba.pixels_mut() {
+            if (1..48).contains(&p.0[3]) {
+                p.0[..3].copy_from_slice(&[255, 255, 255]);
+            }
+        }
+        image::DynamicImage::ImageRgba8(rgba)
+    });
+    let scorer = Scorer::new(&alpha).unwrap().unwrap();
+    let score = scorer.score(&damaged).unwrap();
+    let on = |bg: u8| compute_frame_ssimulacra2(linear(&alpha, bg), linear(&damaged, bg)).unwrap();
+    let (white, black) = (on(255), on(0));
+    assert!(
+        black < white - 5.0,
+        "the halo must show on black: white {white:.1}, black {black:.1}"
+    );
+    assert!(
+        (score - black).abs() <= TOLERANCE,
+        "scored {score:.2}, black {black:.2}, white {white:.2}"
+    );
+}
