@@ -22,6 +22,7 @@ use bytes::Bytes;
 use edgethumb::job::{Job, JobReason};
 use edgethumb::queue::JobQueue;
 use edgethumb::store::{ObjectStore, PutRequest};
+use edgethumb::worker::message::storage_event_body;
 use edgethumb::worker::{RunSummary, Runner, RunnerOptions, TuningConfig, Worker, WorkerConfig};
 use edgethumb_aws::worker::S3Buckets;
 use edgethumb_aws::{CloudFrontInvalidator, S3Store, SqsQueue};
@@ -394,8 +395,8 @@ async fn replacing_an_original_refreshes_our_variants_and_invalidates_once() {
 
     // The same event again (S3 delivers at least once) and a late delete event for an
     // original that exists: nothing is re-rendered, deleted or invalidated.
-    let duplicate = put_event_body(rig.store.bucket(), ORIGINAL, "ObjectCreated:Put");
-    let late_delete = put_event_body(rig.store.bucket(), ORIGINAL, "ObjectRemoved:Delete");
+    let duplicate = storage_event_body("ObjectCreated:Put", rig.store.bucket(), ORIGINAL);
+    let late_delete = storage_event_body("ObjectRemoved:Delete", rig.store.bucket(), ORIGINAL);
     rig.queue
         .send_batch(&[duplicate, late_delete])
         .await
@@ -426,24 +427,6 @@ async fn deleting_an_original_deletes_our_variants_and_invalidates_once() {
     assert!(rig.store.head(HAND_MADE).await.unwrap().is_some());
     assert_eq!(rig.invalidations().await, vec![PATHS.to_vec()]);
     assert_eq!(rig.dlq_depth().await, 0);
-}
-
-/// An S3 event message as S3 would send it (the key form-encoded).
-fn put_event_body(bucket: &str, key: &str, event_name: &str) -> String {
-    let encoded: String = key
-        .bytes()
-        .map(|b| match b {
-            b' ' => "+".to_string(),
-            b'/' | b'.' | b'_' | b'-' => char::from(b).to_string(),
-            b if b.is_ascii_alphanumeric() => char::from(b).to_string(),
-            b => format!("%{b:02X}"),
-        })
-        .collect();
-    serde_json::json!({"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": event_name,
-        "s3": {"bucket": {"name": bucket}, "object": {"key": encoded}}
-    }]})
-    .to_string()
 }
 
 /// How long from replacing an original to all its variants fresh, per variant count (for

@@ -181,6 +181,38 @@ pub fn decode_key(encoded: &str) -> Result<String, MessageError> {
         .map_err(|_| MessageError::Event(format!("key {encoded:?} is not UTF-8 once decoded")))
 }
 
+/// A key as S3 encodes it in event messages: letters, digits, `-_.~/` as they are, a space
+/// as `+`, every other byte `%XX`.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for &byte in key.as_bytes() {
+        match byte {
+            b' ' => out.push('+'),
+            b'-' | b'_' | b'.' | b'~' | b'/' => out.push(char::from(byte)),
+            b if b.is_ascii_alphanumeric() => out.push(char::from(b)),
+            b => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The S3 event message S3 would send for `event_name` (`ObjectCreated:Put`,
+/// `ObjectRemoved:Delete`...) on `bucket`/`key`, with the fields the worker reads. `serve`
+/// sends these for files changed in its folder, so they take the worker's S3-event path.
+pub fn storage_event_body(event_name: &str, bucket: &str, key: &str) -> String {
+    serde_json::json!({"Records": [{
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventName": event_name,
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "bucket": {"name": bucket},
+            "object": {"key": encode_key(key)}
+        }
+    }]})
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +231,21 @@ mod tests {
         for bad in ["a%2", "a%zz", "%C3"] {
             assert!(decode_key(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn encoded_keys_and_built_events_read_back() {
+        for key in ["photos/red cat.jpg", "ü+%@x/y~z.png", "a&b=c?.jpg"] {
+            assert_eq!(decode_key(&encode_key(key)).unwrap(), key);
+            let body = storage_event_body("ObjectRemoved:Delete", "b", key);
+            let Ok(Message::Storage(changes)) = Message::parse(&body) else {
+                panic!("{body}")
+            };
+            assert_eq!(changes[0].key, key);
+            assert_eq!(changes[0].bucket, "b");
+            assert_eq!(changes[0].event_name, "ObjectRemoved:Delete");
+        }
+        assert_eq!(encode_key("red cat+1.jpg"), "red+cat%2B1.jpg");
     }
 
     #[test]

@@ -133,22 +133,9 @@ impl BucketStores for Box<dyn BucketStores> {
     }
 }
 
-/// The S3 event message for `key`, its key encoded as S3 encodes it.
+/// The S3 event message for `key` in the test bucket.
 fn s3_event(event_name: &str, key: &str) -> String {
-    let encoded: String = key
-        .bytes()
-        .map(|b| match b {
-            b' ' => "+".to_string(),
-            b'/' | b'.' | b'_' | b'-' => char::from(b).to_string(),
-            b if b.is_ascii_alphanumeric() => char::from(b).to_string(),
-            b => format!("%{b:02X}"),
-        })
-        .collect();
-    serde_json::json!({"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": event_name,
-        "s3": {"bucket": {"name": "bucket"}, "object": {"key": encoded, "eTag": "abc"}}
-    }]})
-    .to_string()
+    super::message::storage_event_body(event_name, "bucket", key)
 }
 
 fn record(id: &str, body: String, receive_count: u32) -> Record {
