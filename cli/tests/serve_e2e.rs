@@ -25,8 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use edgethumb::store::{ObjectInfo, ObjectStore};
 use edgethumb::store::fs::FsStore;
+use edgethumb::store::{ObjectInfo, ObjectStore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgethumb");
 /// Bounds for waits on another process; generous for a loaded 2-core CI machine.
@@ -1058,9 +1058,7 @@ fn write_solid(path: &Path, width: u32, height: u32, rgb: [u8; 3]) {
 /// The colour at the middle of an encoded image.
 fn centre_pixel(bytes: &[u8]) -> [u8; 3] {
     let image = image::load_from_memory(bytes).expect("decodable").to_rgb8();
-    image
-        .get_pixel(image.width() / 2, image.height() / 2)
-        .0
+    image.get_pixel(image.width() / 2, image.height() / 2).0
 }
 
 /// Wait (bounded) until `check` holds for the stored variant's state.
@@ -1100,13 +1098,20 @@ fn replacing_or_deleting_an_original_updates_its_thumbnails() {
     let new_etag = edgethumb::store::md5_etag(&std::fs::read(&original).expect("read"));
     let next = get(&url, &[]);
     assert_eq!(next.status, 200);
-    assert_eq!(image_size(&next.body), (64, 16), "a thumbnail of the new picture");
+    assert_eq!(
+        image_size(&next.body),
+        (64, 16),
+        "a thumbnail of the new picture"
+    );
     let [r, g, b] = centre_pixel(&next.body);
     assert!(r > 200 && g < 40 && b < 40, "{:?}", [r, g, b]);
     // The folder's watcher and the worker rewrite the stored copy from the new original.
-    wait_until(&dir, "photos/cat.png@64w.png", "the new original's ETag", |info| {
-        info.and_then(|i| i.metadata.get("original-etag")) == Some(&new_etag)
-    });
+    wait_until(
+        &dir,
+        "photos/cat.png@64w.png",
+        "the new original's ETag",
+        |info| info.and_then(|i| i.metadata.get("original-etag")) == Some(&new_etag),
+    );
     let hit = get(&url, &[]);
     assert_eq!(hit.header("x-edgethumb"), Some("hit"));
     assert_ne!(hit.header("etag").map(str::to_string), old_etag);
@@ -1115,7 +1120,9 @@ fn replacing_or_deleting_an_original_updates_its_thumbnails() {
     // Deleted: the next request is a 404 and the worker deletes the variant.
     std::fs::remove_file(&original).expect("delete original");
     assert_eq!(get(&url, &[]).status, 404);
-    wait_until(&dir, "photos/cat.png@64w.png", "deletion", |info| info.is_none());
+    wait_until(&dir, "photos/cat.png@64w.png", "deletion", |info| {
+        info.is_none()
+    });
 
     let status = serve.stop();
     assert!(status.success(), "serve exited with {status} after SIGTERM");

@@ -474,8 +474,8 @@ impl<S: BucketStores> Worker<S> {
         }
     }
 
-    /// One original's refresh, in a CPU slot like a render (it renders its stale variants
-    /// one after another).
+    /// One original's refresh. Its re-renders take the batch's CPU slots one by one (see
+    /// [`refresh::refresh`]); the listing and HEADs before them hold none.
     async fn run_refresh(
         &self,
         original: &OriginalGroup,
@@ -483,13 +483,11 @@ impl<S: BucketStores> Worker<S> {
         stop: &AtomicBool,
         longest: &AtomicU64,
     ) -> Result<RefreshReport, RenderFailure> {
-        let Ok(_slot) = self.cpu.acquire().await else {
-            return Err(RenderFailure::NotStarted("worker shutting down"));
-        };
         self.may_start(deadline, stop, longest)?;
         let started = Instant::now();
         let store = self.stores.store_for(&original.bucket);
-        let result = refresh::refresh(store, &original.key, &self.config, &self.gate()).await;
+        let result =
+            refresh::refresh(store, &original.key, &self.config, &self.gate(), &self.cpu).await;
         longest.fetch_max(started.elapsed().as_millis() as u64, Ordering::SeqCst);
         if let Ok(report) = &result {
             log_refresh(original, report, started.elapsed());

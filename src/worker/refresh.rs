@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
 use super::WorkerConfig;
 use super::process::{self, CREATED_TAG, KeyOutcome, MemoryGate, RenderFailure, RenderTask, meta};
 use crate::store::{MAX_PAGE_SIZE, ObjectInfo, ObjectStore};
@@ -78,12 +80,14 @@ pub async fn variant_keys(
 }
 
 /// Re-render our stale variants of `original_key` (original present) or delete them
-/// (original gone).
+/// (original gone). The re-renders run side by side, each in a slot of `cpu` (the batch's
+/// render slots), so an original with many variants refreshes as fast as a batch of jobs.
 pub async fn refresh(
     store: Arc<dyn ObjectStore>,
     original_key: &str,
     config: &WorkerConfig,
     gate: &dyn MemoryGate,
+    cpu: &Semaphore,
 ) -> Result<RefreshReport, RenderFailure> {
     let original = store.head(original_key).await?;
     let mut report = RefreshReport {
@@ -121,20 +125,24 @@ pub async fn refresh(
             .keys
             .push(key);
     }
-    for task in stale.values() {
-        let (outcomes, _) = process::render(store.clone(), task, config, gate)
-            .await
-            .map_err(|e| match e {
-                // Deleted since the HEAD: its own event comes next; retrying this one finds
-                // it gone and deletes the variants.
-                RenderFailure::OriginalMissing { bucket, key } => RenderFailure::OriginalChanged {
-                    bucket,
-                    key,
-                    rendered: report.original_etag.clone(),
-                    now: None,
-                },
-                other => other,
-            })?;
+    let renders = futures::future::join_all(
+        stale
+            .values()
+            .map(|task| render_in_slot(store.clone(), task, config, gate, cpu)),
+    )
+    .await;
+    for (task, result) in stale.values().zip(renders) {
+        let (outcomes, _) = result.map_err(|e| match e {
+            // Deleted since the HEAD: its own event comes next; retrying this one finds
+            // it gone and deletes the variants.
+            RenderFailure::OriginalMissing { bucket, key } => RenderFailure::OriginalChanged {
+                bucket,
+                key,
+                rendered: report.original_etag.clone(),
+                now: None,
+            },
+            other => other,
+        })?;
         for (key, outcome) in task.keys.iter().zip(outcomes) {
             match outcome {
                 KeyOutcome::Written { .. } => report.rerendered.push(key.clone()),
@@ -143,4 +151,19 @@ pub async fn refresh(
         }
     }
     Ok(report)
+}
+
+/// One re-render, once a render slot is free (an `async fn` rather than a closure: the
+/// future must be `Send` for every lifetime the batch borrows with).
+async fn render_in_slot(
+    store: Arc<dyn ObjectStore>,
+    task: &RenderTask,
+    config: &WorkerConfig,
+    gate: &dyn MemoryGate,
+    cpu: &Semaphore,
+) -> process::RenderResult {
+    let Ok(_slot) = cpu.acquire().await else {
+        return Err(RenderFailure::NotStarted("worker shutting down"));
+    };
+    process::render(store, task, config, gate).await
 }
