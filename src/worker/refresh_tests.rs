@@ -470,7 +470,7 @@ async fn a_bulk_batch_makes_one_invalidation_within_the_quotas() {
     let mut jobs = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         put_original(&rig.store.inner, key, picture(48, 32, 10)).await;
-        let body = Job::new("bucket", &format!("{key}@16w.png"), JobReason::Miss, None)
+        let body = Job::new("bucket", format!("{key}@16w.png"), JobReason::Miss, None)
             .unwrap()
             .to_json();
         jobs.push(record(&format!("j{i}"), body, 1));
