@@ -521,7 +521,10 @@ async fn a_thousand_originals_replaced_at_once() {
         let outcomes = worker.run(&records, None, &AtomicBool::new(false)).await;
         assert!(outcomes.iter().all(RecordOutcome::is_done), "{outcomes:?}");
     }
-    println!("bulk: seeded {N} originals and variants in {} ms", started.elapsed().as_millis());
+    println!(
+        "bulk: seeded {N} originals and variants in {} ms",
+        started.elapsed().as_millis()
+    );
     let arn = queue_arn(&rig.sqs, rig.queue.queue_url()).await;
     notify(&rig.s3, rig.store.bucket(), Some(&arn)).await;
     rig.drain().await; // the test event of the new configuration
