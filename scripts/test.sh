@@ -38,10 +38,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-# Pinned: the tests rely on moto's wire behaviour (SQS JSON protocol, /moto-api/reset).
+# Pinned: the tests rely on moto's wire behaviour (SQS JSON protocol, /moto-api/reset, S3 event
+# notifications to SQS, CloudFront CreateInvalidation for aws/tests/refresh_moto.rs).
 # pytest runs tests/faultproxy (scripts/faultproxy.py). pillow is the chaos runs' independent
 # decoder of the variants (scripts/chaos/).
-PY_REQUIREMENTS=("moto[s3,sqs]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5" "pytest==9.2.0" "pillow==13.0.0")
+PY_REQUIREMENTS=("moto[s3,sqs,cloudfront]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5" "pytest==9.2.0" "pillow==13.0.0")
 MOTO_LOG="$ROOT/.cache/moto_server.log"
 MOTO_START_TIMEOUT_S="${EDGETHUMB_MOTO_START_TIMEOUT_S:-60}"
 MOTO_PID=""
