@@ -181,9 +181,10 @@ fn raw_status(addr: &str, target: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status for {target:.60}: {text:.200}"))
 }
 
+/// Width and height of a JPEG, PNG, WebP or (through libavif) AVIF body.
 fn image_size(bytes: &[u8]) -> (u32, u32) {
-    let image = image::load_from_memory(bytes).expect("decodable image");
-    (image.width(), image.height())
+    let image = edgethumb::pipeline::decode_output(bytes).expect("decodable image");
+    (image.width, image.height)
 }
 
 /// An 800×600 photo-like original (smooth gradients plus texture).
@@ -511,6 +512,8 @@ fn browser_page_shows_thumbnails() {
 
 /// Chrome's `Accept` for images (docs/edge.md, `.auto` table) and curl's.
 const CHROME_ACCEPT: &str = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
+/// Safari 16 takes WebP but not AVIF.
+const SAFARI16_ACCEPT: &str = "image/webp,image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5";
 const CURL_ACCEPT: &str = "*/*";
 /// A signing secret for the tests (16+ bytes, as the settings require).
 const SECRET: &str = "test-secret-0123456789abcdef";
@@ -640,9 +643,10 @@ fn auto_follows_the_browsers_accept_header() {
     write_original(&dir.join("dog.jpg"));
     let mut serve = Serve::start(&dir, &["--no-worker"]);
     for (path, accept, content_type) in [
-        ("/cat.png@160w.auto", CHROME_ACCEPT, "image/webp"),
+        ("/cat.png@160w.auto", CHROME_ACCEPT, "image/avif"),
         ("/cat.png@160w.AUTO", CURL_ACCEPT, "image/png"),
-        ("/dog.jpg@160w.auto", CHROME_ACCEPT, "image/webp"),
+        ("/dog.jpg@160w.auto", CHROME_ACCEPT, "image/avif"),
+        ("/dog.jpg@160w.auto", SAFARI16_ACCEPT, "image/webp"),
         ("/dog.jpg@160w.auto", CURL_ACCEPT, "image/jpeg"),
     ] {
         let reply = get(&serve.url(path), &[("accept", accept)]);
@@ -663,8 +667,9 @@ fn auto_follows_the_browsers_accept_header() {
     assert_eq!(
         keys,
         [
+            "cat.png@160w.avif",
             "cat.png@160w.png",
-            "cat.png@160w.webp",
+            "dog.jpg@160w.avif",
             "dog.jpg@160w.jpg",
             "dog.jpg@160w.webp"
         ],
@@ -714,7 +719,7 @@ fn signed_guard_and_edgethumb_sign() {
     let path = urls[0].trim_start_matches("http://img.example.com");
     let good = get(&serve.url(path), &[("accept", CHROME_ACCEPT)]);
     assert_eq!(good.status, 200, "{}", String::from_utf8_lossy(&good.body));
-    assert_eq!(good.header("content-type"), Some("image/webp"));
+    assert_eq!(good.header("content-type"), Some("image/avif"));
     assert_eq!(image_size(&good.body), (200, 150));
     // The same signature covers every spelling of the variant.
     let query = path.split_once('?').expect("query").1;
@@ -811,7 +816,7 @@ fn list_guard_allows_presets_and_listed_parameters_only() {
         &[("accept", CHROME_ACCEPT)],
     );
     assert_eq!(auto.status, 200);
-    assert_eq!(auto.header("content-type"), Some("image/webp"));
+    assert_eq!(auto.header("content-type"), Some("image/avif"));
     assert_viewer_reject(
         &get(&serve.url("/cat.png@401w.webp"), &[]),
         403,
@@ -843,7 +848,7 @@ fn list_guard_allows_presets_and_listed_parameters_only() {
         keys,
         [
             "cat.png@120w_120h_1e_1c.webp",
-            "cat.png@300w.webp",
+            "cat.png@300w.avif",
             "cat.png@400w.webp"
         ]
     );
