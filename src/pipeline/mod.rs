@@ -142,6 +142,9 @@ pub struct Prepared {
     has_alpha: bool,
     /// The source was grayscale: encoders may write one channel (smaller, same pixels).
     gray: bool,
+    /// Decoded at full resolution (no shrink-on-load was worth it): then these are exactly
+    /// the pixels [`prepare_reference`] would make, see [`Self::is_full_resolution`].
+    full_resolution: bool,
 }
 
 /// Wall time of each preparation step.
@@ -163,6 +166,14 @@ impl Prepared {
 
     pub fn has_alpha(&self) -> bool {
         self.has_alpha
+    }
+
+    /// Whether the load decoded the source at full resolution (PNG and GIF always; JPEG and
+    /// WebP when the output is too close to the source size for a reduced decode). Then
+    /// [`prepare_reference`] would repeat the same steps on the same pixels, so the worker's
+    /// quality search uses this image as its own reference instead of decoding twice.
+    pub fn is_full_resolution(&self) -> bool {
+        self.full_resolution
     }
 
     /// Whether the source was grayscale (the pixels then have R = G = B).
@@ -247,6 +258,8 @@ pub(crate) struct Work<'a> {
     pub image: Option<image::ImageState>,
     /// The load step resized the rows as they came, so the resize step has nothing to do.
     pub resized: bool,
+    /// Set by the load step: the source was decoded at full resolution.
+    pub full_resolution: bool,
 }
 
 impl Work<'_> {
@@ -313,6 +326,7 @@ fn run_steps(
         format: None,
         image: None,
         resized: false,
+        full_resolution: false,
     };
     let mut timings = StageTimings::default();
     for step in &STEPS {
@@ -341,6 +355,7 @@ fn run_steps(
         pixels,
         has_alpha,
         gray,
+        full_resolution: work.full_resolution,
     })
 }
 
