@@ -92,6 +92,11 @@ WORKER_ACTIONS = {
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
+    # A replaced or deleted original (S3 event notifications): its variants listed,
+    # re-rendered or deleted, the distribution invalidated.
+    "s3:ListBucket",
+    "s3:DeleteObject",
+    "cloudfront:CreateInvalidation",
 }
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 ALLOWED_MANAGED_POLICIES = {"AWSLambdaBasicExecutionRole"}

@@ -38,10 +38,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-# Pinned: the tests rely on moto's wire behaviour (SQS JSON protocol, /moto-api/reset).
+# Pinned: the tests rely on moto's wire behaviour (SQS JSON protocol, /moto-api/reset, S3 event
+# notifications to SQS, CloudFront CreateInvalidation for aws/tests/refresh_moto.rs).
 # pytest runs tests/faultproxy (scripts/faultproxy.py). pillow is the chaos runs' independent
 # decoder of the variants (scripts/chaos/).
-PY_REQUIREMENTS=("moto[s3,sqs]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5" "pytest==9.2.0" "pillow==13.0.0")
+PY_REQUIREMENTS=("moto[s3,sqs,cloudfront]==5.2.5" "flask==3.1.3" "flask-cors==6.0.5" "pytest==9.2.0" "pillow==13.0.0")
 MOTO_LOG="$ROOT/.cache/moto_server.log"
 MOTO_START_TIMEOUT_S="${EDGETHUMB_MOTO_START_TIMEOUT_S:-60}"
 MOTO_PID=""
@@ -305,10 +306,12 @@ run_viewer_js_tests() {
   node --test tests/viewer/
 }
 
-# wrk is the load generator of the chaos step's load run on serve.
+# wrk is the load generator of the chaos step's load run on serve. cmake builds libaom and
+# libavif (AVIF out) from their vendored sources; libaom's SIMD needs nasm too.
 setup_system_packages() {
   local missing=()
   command -v nasm >/dev/null || missing+=(nasm)
+  command -v cmake >/dev/null || missing+=(cmake)
   command -v wrk >/dev/null || missing+=(wrk)
   [ "${#missing[@]}" = 0 ] && return 0
   [ "$(id -u)" = 0 ] || die "${missing[*]} missing: apt-get install ${missing[*]} (needs root)"

@@ -7,6 +7,7 @@
 //! entry points in `edge/` and `worker/`. Features choose what an entry point builds: `edge`,
 //! `worker`, `local` (see Cargo.toml). This file only declares and re-exports.
 
+pub mod cdn;
 #[cfg(feature = "edge")]
 pub mod edge;
 pub mod enqueue;

@@ -84,6 +84,10 @@ metrics! {
     WORKER_SOURCE_BYTES = "worker", "SourceBytes", Bytes, "Bytes of the original read.";
     WORKER_RETRIES = "worker", "Redeliveries", Count, "Records received more than once (SQS redelivered them).";
     WORKER_DEAD_LETTER = "worker", "TowardsDeadLetter", Count, "Records that can never succeed: reported failed, so redrive moves them to the DLQ.";
+    WORKER_STORAGE_EVENTS = "worker", "StorageEvents", Count, "S3 event records read, by Outcome: original (refreshed), variant (a variant write coming back, dropped), ignored, test.";
+    WORKER_VARIANTS_REFRESHED = "worker", "VariantsRefreshed", Count, "Variants re-rendered because their original was replaced.";
+    WORKER_VARIANTS_DELETED = "worker", "VariantsDeleted", Count, "Variants deleted because their original was deleted.";
+    WORKER_INVALIDATION_PATHS = "worker", "InvalidationPaths", Count, "Paths sent to CloudFront, one CreateInvalidation per worker batch.";
     SERVE_REQUESTS = "serve", "Requests", Count, "Requests `serve` answered, by Kind (hit, miss, original, page, error).";
 }
 

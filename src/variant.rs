@@ -22,6 +22,7 @@ pub enum OutputFormat {
     Jpeg,
     Png,
     Webp,
+    Avif,
 }
 
 impl OutputFormat {
@@ -31,6 +32,7 @@ impl OutputFormat {
             OutputFormat::Jpeg => "jpg",
             OutputFormat::Png => "png",
             OutputFormat::Webp => "webp",
+            OutputFormat::Avif => "avif",
         }
     }
 
@@ -39,6 +41,7 @@ impl OutputFormat {
             OutputFormat::Jpeg => "image/jpeg",
             OutputFormat::Png => "image/png",
             OutputFormat::Webp => "image/webp",
+            OutputFormat::Avif => "image/avif",
         }
     }
 
@@ -56,6 +59,8 @@ impl OutputFormat {
             Some(OutputFormat::Png)
         } else if ext.eq_ignore_ascii_case("webp") {
             Some(OutputFormat::Webp)
+        } else if ext.eq_ignore_ascii_case("avif") {
+            Some(OutputFormat::Avif)
         } else {
             None
         }
@@ -227,7 +232,7 @@ pub enum VariantError {
         min: u32,
         max: u32,
     },
-    #[error("unsupported output format {0:?} (supported: jpg, jpeg, png, webp, auto)")]
+    #[error("unsupported output format {0:?} (supported: jpg, jpeg, png, webp, avif, auto)")]
     UnsupportedFormat(String),
     /// `.auto` reached something that renders: the viewer-request rules (the CloudFront
     /// Function, or `serve`) must have replaced it with a concrete format first.
@@ -607,6 +612,7 @@ mod tests {
         assert_eq!(p("200w.JPG"), p("200w.jpg"));
         assert_eq!(p("200w.JPEG").canonical(), "200w.jpg");
         assert_eq!(p("200w.WebP").canonical(), "200w.webp");
+        assert_eq!(p("200w.AVIF").canonical(), "200w.avif");
         assert_eq!(p(".Png").canonical(), ".png");
         let v = VariantKey::parse("Photos/Cat.JPG@200W.x").unwrap_err();
         assert!(v.to_string().contains("\"x\""), "{v}");
@@ -699,7 +705,8 @@ mod tests {
             proptest::option::of(prop_oneof![
                 Just(OutputFormat::Jpeg),
                 Just(OutputFormat::Png),
-                Just(OutputFormat::Webp)
+                Just(OutputFormat::Webp),
+                Just(OutputFormat::Avif)
             ]),
         )
             .prop_map(

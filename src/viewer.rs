@@ -47,10 +47,9 @@ const MAX_NAME_LEN: usize = 64;
 
 /// Which media type in `Accept` selects which format for `.auto`, best first.
 ///
-/// AVIF browsers get WebP until the AVIF encoder lands; then the first line becomes
-/// `("image/avif", OutputFormat::Avif)` (and the same line in viewer-request.js).
+/// The same lines as `AUTO` in viewer-request.js (the differential test keeps them equal).
 pub const AUTO_FORMATS: &[(&str, OutputFormat)] = &[
-    ("image/avif", OutputFormat::Webp),
+    ("image/avif", OutputFormat::Avif),
     ("image/webp", OutputFormat::Webp),
 ];
 
@@ -622,8 +621,8 @@ mod tests {
         let chrome = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
         let old_edge = "image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5";
         let cases = [
-            ("cat.jpg", chrome, OutputFormat::Webp),
-            ("cat.jpg", "image/avif", OutputFormat::Webp),
+            ("cat.jpg", chrome, OutputFormat::Avif),
+            ("cat.jpg", "image/avif", OutputFormat::Avif),
             ("cat.jpg", "IMAGE/WEBP", OutputFormat::Webp),
             ("cat.jpg", "image/webp;q=0", OutputFormat::Jpeg),
             ("cat.jpg", "image/webp; q=0.000", OutputFormat::Jpeg),
@@ -757,7 +756,7 @@ mod tests {
     #[test]
     fn presets_and_the_allow_list() {
         let guard = listed();
-        let webp = Some("image/avif,image/webp,*/*");
+        let webp = Some("image/webp,*/*");
         assert_eq!(
             guard.evaluate("/cat.jpg@thumb", "", webp),
             rewrite("/cat.jpg@200w_200h_1e.webp")

@@ -201,6 +201,41 @@ async fn misses_as_403_and_404_render_and_enqueue() {
     }
 }
 
+/// `.avif` misses answer AVIF up to `avif_max_pixels` output pixels and the provisional
+/// copy as WebP above it (same provisional Cache-Control); the job names the `.avif` key
+/// either way, so the worker writes the AVIF.
+#[tokio::test]
+async fn avif_misses_answer_avif_or_webp_above_the_edge_limit() {
+    let rig = rig_with(
+        config(r#", "avif_max_pixels": 40000"#),
+        MemoryQueue::new("jobs"),
+    );
+    put(&rig.store, "cat.jpg", jpeg(640, 480)).await;
+    let small = generated(rig.handler.handle(&miss_for("/cat.jpg@200w.avif")).await);
+    assert_eq!(small.status, "200");
+    assert_eq!(header(&small, "content-type"), "image/avif");
+    let bytes = body(&small);
+    assert_eq!(&bytes[4..12], b"ftypavif");
+    let decoded = edgethumb::pipeline::decode_output(&bytes).unwrap();
+    assert_eq!((decoded.width, decoded.height), (200, 150));
+    // 240×180 = 43,200 pixels: over the limit.
+    let big = generated(rig.handler.handle(&miss_for("/cat.jpg@240w.avif")).await);
+    assert_eq!(big.status, "200");
+    assert_eq!(header(&big, "content-type"), "image/webp");
+    assert_eq!(
+        header(&big, "cache-control"),
+        header(&small, "cache-control"),
+        "both are provisional"
+    );
+    let img = image::load_from_memory(&body(&big)).unwrap();
+    assert_eq!((img.width(), img.height()), (240, 180));
+    let keys: Vec<String> = jobs(&rig.queue)
+        .into_iter()
+        .map(|j| j.variant_key)
+        .collect();
+    assert_eq!(keys, ["cat.jpg@200w.avif", "cat.jpg@240w.avif"]);
+}
+
 #[tokio::test]
 async fn domain_forms_pick_bucket_region_and_key() {
     let cases = [
@@ -426,6 +461,7 @@ async fn large_outputs_never_exceed_the_budget() {
         "/noise.jpg@4096w_95q.jpg",
         "/noise.jpg@2048w.webp",
         "/small-noise.jpg@100p.png",
+        "/small-noise.jpg@100p_100q.avif",
         "/small-noise.jpg@100p_100q.jpg",
     ] {
         let r = generated(rig.handler.handle(&miss_for(uri)).await);
@@ -440,14 +476,18 @@ async fn large_outputs_never_exceed_the_budget() {
         } else {
             assert_eq!(r.status, "200", "{uri}: {:?}", r.body);
             // Dimensions are preserved whatever the fallback.
-            let img = image::load_from_memory(&body(&r)).unwrap();
-            assert!(img.width() == 512 || img.width() >= 2048, "{uri}");
+            let img = edgethumb::pipeline::decode_output(&body(&r)).unwrap();
+            assert!(img.width == 512 || img.width >= 2048, "{uri}");
         }
         statuses.push(r.status.clone());
     }
     assert_eq!(statuses[0], "503", "4096² noise cannot fit 200 kB");
     assert_eq!(statuses[3], "200", "512² noise fits once re-encoded");
-    assert_eq!(rig.queue.len(), 5, "every miss enqueues, fitted or not");
+    assert_eq!(
+        statuses[4], "200",
+        "512² noise as AVIF fits once re-encoded"
+    );
+    assert_eq!(rig.queue.len(), 6, "every miss enqueues, fitted or not");
 }
 
 /// A render past its deadline is a 503 with `Retry-After` and no-store (never a cut-off by

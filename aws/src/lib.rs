@@ -7,6 +7,8 @@
 //! The core crate (`edgethumb`) knows nothing of this crate; the local adapters (a
 //! directory, a spool queue) live in the core behind its `local` feature.
 
+#[cfg(feature = "worker")]
+pub mod cloudfront;
 #[cfg(feature = "edge")]
 pub mod edge;
 pub mod logging;
@@ -16,6 +18,8 @@ pub mod sqs;
 #[cfg(feature = "worker")]
 pub mod worker;
 
+#[cfg(feature = "worker")]
+pub use cloudfront::CloudFrontInvalidator;
 pub use logging::init_json_logs;
 pub use s3::S3Store;
 pub use settings::{AwsSettings, CallLimits, StaticCredentials};

@@ -260,6 +260,13 @@ impl AwsSettings {
         aws_sdk_sqs::Client::new(&self.sdk_config().await)
     }
 
+    /// A CloudFront client (the worker's invalidations). CloudFront is global: the SDK
+    /// signs for us-east-1 whatever the region.
+    #[cfg(feature = "worker")]
+    pub async fn cloudfront_client(&self) -> aws_sdk_cloudfront::Client {
+        aws_sdk_cloudfront::Client::new(&self.sdk_config().await)
+    }
+
     /// Both clients from one configuration load.
     pub async fn clients(&self) -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
         let config = self.sdk_config().await;

@@ -11,6 +11,7 @@ use edgethumb::metrics::EmfStdout;
 use edgethumb::store::ObjectStore;
 use edgethumb::worker::{BucketStores, ConfigError, Record, Worker, WorkerConfig};
 
+use crate::cloudfront::CloudFrontInvalidator;
 use crate::s3::S3Store;
 use crate::settings::AwsSettings;
 
@@ -52,9 +53,32 @@ pub fn settings_from_env() -> AwsSettings {
 /// The Lambda worker: S3 from the environment, [`WorkerConfig::from_env`].
 pub async fn lambda_worker_from_env() -> Result<Worker<S3Buckets>, ConfigError> {
     let config = WorkerConfig::from_env()?;
-    let client = settings_from_env().s3_client().await;
+    let settings = settings_from_env();
+    let client = settings.s3_client().await;
     // Metrics as CloudWatch EMF lines on stdout, beside the JSON logs.
-    Ok(Worker::new(S3Buckets::new(client), config).with_metrics(Arc::new(EmfStdout)))
+    let worker = Worker::new(S3Buckets::new(client), config).with_metrics(Arc::new(EmfStdout));
+    Ok(with_cdn_from_config(worker, &settings).await)
+}
+
+/// `worker` with a CloudFront invalidator for [`WorkerConfig::distribution_id`], when set
+/// (the Lambda and `edgethumb work` alike).
+pub async fn with_cdn_from_config<S: BucketStores>(
+    worker: Worker<S>,
+    settings: &AwsSettings,
+) -> Worker<S> {
+    match worker.config().distribution_id.clone() {
+        Some(id) => {
+            let client = settings.cloudfront_client().await;
+            worker.with_cdn(Arc::new(CloudFrontInvalidator::new(client, id)))
+        }
+        None => {
+            tracing::warn!(
+                event = "worker.start",
+                "no distribution id (EDGETHUMB_DISTRIBUTION_ID): replaced or deleted originals refresh their variants, but no CDN is invalidated"
+            );
+            worker
+        }
+    }
 }
 
 /// The Lambda entry: the event's records through [`Worker::failed_ids`]; every record not

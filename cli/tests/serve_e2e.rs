@@ -25,8 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use edgethumb::store::ObjectStore;
 use edgethumb::store::fs::FsStore;
+use edgethumb::store::{ObjectInfo, ObjectStore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgethumb");
 /// Bounds for waits on another process; generous for a loaded 2-core CI machine.
@@ -1046,4 +1046,84 @@ fn metrics_count_a_miss_a_hit_and_an_error() {
         assert!(Instant::now() < deadline, "no written job counted:\n{page}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A solid-colour `width`×`height` PNG.
+fn write_solid(path: &Path, width: u32, height: u32, rgb: [u8; 3]) {
+    image::RgbImage::from_pixel(width, height, image::Rgb(rgb))
+        .save(path)
+        .expect("write original");
+}
+
+/// The colour at the middle of an encoded image.
+fn centre_pixel(bytes: &[u8]) -> [u8; 3] {
+    let image = image::load_from_memory(bytes).expect("decodable").to_rgb8();
+    image.get_pixel(image.width() / 2, image.height() / 2).0
+}
+
+/// Wait (bounded) until `check` holds for the stored variant's state.
+fn wait_until(dir: &Path, key: &str, what: &str, check: impl Fn(Option<&ObjectInfo>) -> bool) {
+    let rt = runtime();
+    let store = rt.block_on(FsStore::open(dir)).expect("open store");
+    let deadline = Instant::now() + WORKER_TIMEOUT;
+    loop {
+        let info = rt.block_on(store.head(key)).expect("head");
+        if check(info.as_ref()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key}: {what} not reached within {WORKER_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn replacing_or_deleting_an_original_updates_its_thumbnails() {
+    let (_temp, dir) = temp_folder();
+    let original = dir.join("photos/cat.png");
+    write_original(&original);
+    let mut serve = Serve::start(&dir, &[]);
+    let url = serve.url("/photos/cat.png@64w.png");
+    assert_eq!(get(&url, &[]).status, 200);
+    wait_for_variant(&dir, "photos/cat.png@64w.png");
+    let hit = get(&url, &[]);
+    assert_eq!(hit.header("x-edgethumb"), Some("hit"));
+    assert_eq!(image_size(&hit.body), (64, 48));
+    let old_etag = hit.header("etag").map(str::to_string);
+
+    // Replaced by a red 400×100 picture: the very next request shows it.
+    write_solid(&original, 400, 100, [250, 0, 0]);
+    let new_etag = edgethumb::store::md5_etag(&std::fs::read(&original).expect("read"));
+    let next = get(&url, &[]);
+    assert_eq!(next.status, 200);
+    assert_eq!(
+        image_size(&next.body),
+        (64, 16),
+        "a thumbnail of the new picture"
+    );
+    let [r, g, b] = centre_pixel(&next.body);
+    assert!(r > 200 && g < 40 && b < 40, "{:?}", [r, g, b]);
+    // The folder's watcher and the worker rewrite the stored copy from the new original.
+    wait_until(
+        &dir,
+        "photos/cat.png@64w.png",
+        "the new original's ETag",
+        |info| info.and_then(|i| i.metadata.get("original-etag")) == Some(&new_etag),
+    );
+    let hit = get(&url, &[]);
+    assert_eq!(hit.header("x-edgethumb"), Some("hit"));
+    assert_ne!(hit.header("etag").map(str::to_string), old_etag);
+    assert_eq!(image_size(&hit.body), (64, 16));
+
+    // Deleted: the next request is a 404 and the worker deletes the variant.
+    std::fs::remove_file(&original).expect("delete original");
+    assert_eq!(get(&url, &[]).status, 404);
+    wait_until(&dir, "photos/cat.png@64w.png", "deletion", |info| {
+        info.is_none()
+    });
+
+    let status = serve.stop();
+    assert!(status.success(), "serve exited with {status} after SIGTERM");
 }

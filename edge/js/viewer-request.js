@@ -3,9 +3,9 @@
 // cf.kvs(): the one KeyValueStore associated with the function (deploy/template.yaml).
 const crypto = require('crypto');
 const cf = require('cloudfront');
-// .auto: the first media type Accept names wins. AVIF lands: first line -> 'avif'.
+// .auto: the first line of AUTO whose type Accept names wins.
 const AUTO = [
-  ['image/avif', 'webp'],
+  ['image/avif', 'avif'],
   ['image/webp', 'webp']
 ];
 const LIM = { w: [1, 4096], h: [1, 4096], e: [0, 2], c: [0, 1], l: [0, 1], p: [1, 1000], q: [1, 100], r: [0, 1] };
@@ -103,8 +103,8 @@ function parse(key, spec) {
     const x = spec.slice(dot + 1), l = lc(x);
     if (l == 'auto') a = true;
     else if (l == 'jpg' || l == 'jpeg') f = 'jpg';
-    else if (l == 'png' || l == 'webp') f = l;
-    else return { e: 'unsupported output format ' + dbg(x) + ' (supported: jpg, jpeg, png, webp, auto)' };
+    else if (l == 'png' || l == 'webp' || l == 'avif') f = l;
+    else return { e: 'unsupported output format ' + dbg(x) + ' (supported: jpg, jpeg, png, webp, avif, auto)' };
   }
   if (!t && !f && !a) return { e: "no parameters after '@'" };
   const p = { w: 0, h: 0, e: 0, c: 0, l: 0, p: 100, q: 0, r: 0 }, seen = {};

@@ -246,6 +246,7 @@ async fn miss_is_rendered_by_the_addon_under_node_and_a_job_lands_on_sqs() {
         &[
             moto.event("miss-404", Some("/photos/cat.jpg@320w.webp")),
             moto.event("miss-403", Some("/photos/cat.jpg@100w_100h_2e.jpg")),
+            moto.event("miss-404", Some("/photos/cat.jpg@200w.avif")),
         ],
     );
 
@@ -270,12 +271,22 @@ async fn miss_is_rendered_by_the_addon_under_node_and_a_job_lands_on_sqs() {
     let decoded = image::load_from_memory_with_format(&body, image::ImageFormat::Jpeg).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (100, 100));
 
-    assert_eq!(logged(&logs, "edge.miss"), 2, "{logs:?}");
+    // AVIF from the zig-built libaom inside the addon.
+    let avif = &results[2];
+    assert_eq!(avif["status"], "200", "{avif}");
+    assert_eq!(header(avif, "content-type"), "image/avif");
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(avif["body"].as_str().unwrap())
+        .unwrap();
+    let decoded = edgethumb::pipeline::decode_output(&body).unwrap();
+    assert_eq!((decoded.width, decoded.height), (200, 150));
+
+    assert_eq!(logged(&logs, "edge.miss"), 3, "{logs:?}");
     assert_eq!(logged(&logs, "edge.enqueue_failed"), 0, "{logs:?}");
 
     let mut jobs = moto.jobs().await;
     jobs.sort_by(|a, b| a.variant_key.cmp(&b.variant_key));
-    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
     for job in &jobs {
         assert_eq!(job.bucket, moto.bucket);
         assert_eq!(job.original_key, "photos/cat.jpg");
@@ -283,7 +294,8 @@ async fn miss_is_rendered_by_the_addon_under_node_and_a_job_lands_on_sqs() {
         assert!(job.original_etag.is_some(), "{job:?}");
     }
     assert_eq!(jobs[0].variant_key, "photos/cat.jpg@100w_100h_2e.jpg");
-    assert_eq!(jobs[1].variant_key, "photos/cat.jpg@320w.webp");
+    assert_eq!(jobs[1].variant_key, "photos/cat.jpg@200w.avif");
+    assert_eq!(jobs[2].variant_key, "photos/cat.jpg@320w.webp");
 }
 
 #[tokio::test]

@@ -8,6 +8,35 @@
 use crate::pipeline::{Deadline, EncodeSpec, PipelineError, Prepared};
 use crate::variant::OutputFormat;
 
+/// Default for `avif_max_pixels`: outputs up to 2048×2048 are encoded as AVIF at the edge.
+/// Measured (docs/benchmarks.md, "AVIF at the edge"): libaom at the `fast` settings costs
+/// 2–2.7× libwebp's CPU up to 1 MP (22 ms against 8 ms at 400 px, 89 against 44 at 1024 px)
+/// and 1.0–1.4× beyond 2 MP (227 ms against 164 at 2048×1365), with 1.5–2.3× its peak
+/// memory (189 against 82 MB at 4096×2304). Over 4 MP one AVIF encode passes ~350 ms and a
+/// large image is the one most likely to need the budget ladder's re-encodes, so the
+/// provisional copy of those is WebP and the AVIF is left to the worker.
+pub const DEFAULT_AVIF_MAX_PIXELS: u64 = 2048 * 2048;
+/// Largest `avif_max_pixels` a config may set: the largest output the grammar allows.
+pub const MAX_AVIF_MAX_PIXELS: u64 = 4096 * 4096;
+
+/// The format the edge encodes for `requested`: the requested one, except that AVIF over
+/// `avif_max_pixels` output pixels becomes WebP (AVIF encodes cost several times WebP's, and
+/// the edge's copy is provisional: every browser that asks for AVIF takes WebP, and the
+/// worker's AVIF replaces it).
+pub fn edge_format(
+    requested: OutputFormat,
+    width: u32,
+    height: u32,
+    avif_max_pixels: u64,
+) -> OutputFormat {
+    let pixels = u64::from(width) * u64::from(height);
+    if requested == OutputFormat::Avif && pixels > avif_max_pixels {
+        OutputFormat::Webp
+    } else {
+        requested
+    }
+}
+
 /// Qualities tried, in order, after the requested one failed to fit.
 const QUALITY_LADDER: [u8; 5] = [70, 55, 40, 28, 15];
 
@@ -145,6 +174,38 @@ mod tests {
         assert_eq!(
             low.iter().map(|s| s.quality).collect::<Vec<_>>(),
             vec![30, 28, 15]
+        );
+    }
+
+    #[test]
+    fn avif_ladder_stays_avif() {
+        let specs = fallback_specs(spec(OutputFormat::Avif, 80));
+        assert!(specs.iter().all(|s| s.format == OutputFormat::Avif));
+        assert_eq!(
+            specs.iter().map(|s| s.quality).collect::<Vec<_>>(),
+            vec![80, 70, 55, 40, 28, 15]
+        );
+    }
+
+    #[test]
+    fn big_avif_outputs_become_webp_at_the_edge() {
+        let max = 1000 * 1000;
+        assert_eq!(
+            edge_format(OutputFormat::Avif, 1000, 1000, max),
+            OutputFormat::Avif
+        );
+        assert_eq!(
+            edge_format(OutputFormat::Avif, 1001, 1000, max),
+            OutputFormat::Webp
+        );
+        assert_eq!(edge_format(OutputFormat::Avif, 1, 1, 0), OutputFormat::Webp);
+        assert_eq!(
+            edge_format(OutputFormat::Jpeg, 4000, 4000, 0),
+            OutputFormat::Jpeg
+        );
+        assert_eq!(
+            edge_format(OutputFormat::Png, 4000, 4000, 0),
+            OutputFormat::Png
         );
     }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::edge::budget;
 use crate::pipeline::Limits;
 
 /// Lambda@Edge rejects generated responses over 1 MB (headers and body).
@@ -66,6 +67,10 @@ pub struct EdgeConfig {
     /// Time after which no further re-encode is attempted (Lambda@Edge's limit is 30 s).
     #[serde(default = "default_deadline_ms")]
     pub render_deadline_ms: u64,
+    /// Largest output (pixels) the edge encodes as AVIF; bigger `.avif` misses get the
+    /// provisional copy as WebP and the worker writes the AVIF. 0: always WebP at the edge.
+    #[serde(default = "default_avif_max_pixels")]
+    pub avif_max_pixels: u64,
 }
 
 fn default_budget() -> usize {
@@ -89,6 +94,9 @@ fn default_max_source_pixels() -> u64 {
 }
 fn default_deadline_ms() -> u64 {
     20_000
+}
+fn default_avif_max_pixels() -> u64 {
+    crate::edge::budget::DEFAULT_AVIF_MAX_PIXELS
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +162,12 @@ impl EdgeConfig {
         }
         if !(1_000..=29_000).contains(&self.render_deadline_ms) {
             return Err("render_deadline_ms must be between 1000 and 29000".into());
+        }
+        if self.avif_max_pixels > budget::MAX_AVIF_MAX_PIXELS {
+            return Err(format!(
+                "avif_max_pixels must be at most {} (the largest output the grammar allows)",
+                budget::MAX_AVIF_MAX_PIXELS
+            ));
         }
         if let Some(endpoint) = &self.endpoint_url
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
@@ -272,6 +286,7 @@ mod tests {
         assert!(c.response_budget_bytes < LAMBDA_EDGE_RESPONSE_LIMIT);
         assert_eq!(c.limits(), Limits::default());
         assert_eq!(c.endpoint_url, None);
+        assert_eq!(c.avif_max_pixels, budget::DEFAULT_AVIF_MAX_PIXELS);
     }
 
     #[test]
@@ -300,6 +315,10 @@ mod tests {
             (
                 r#"{"queue_url": "u", "queue_region": "r", "max_source_bytes": 0}"#,
                 "max_source",
+            ),
+            (
+                r#"{"queue_url": "u", "queue_region": "r", "avif_max_pixels": 16777217}"#,
+                "avif_max_pixels",
             ),
             ("not json", "invalid"),
         ] {

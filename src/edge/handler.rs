@@ -397,6 +397,7 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
         let limits = self.config.limits();
         let budget_bytes = self.config.response_budget_bytes;
         let allowed = self.config.render_deadline();
+        let avif_max_pixels = self.config.avif_max_pixels;
         let deadline = started + allowed;
         // The response without its body: measured with the largest header values we send.
         let overhead = {
@@ -421,8 +422,14 @@ impl<Q: JobQueue, O: OriginStores> EdgeHandler<Q, O> {
             let deadline = pipeline::Deadline::at(deadline);
             let prepared =
                 pipeline::prepare_until(&source, &variant.params, &limits, deadline.clone())?;
+            let requested = variant.params.output_format(prepared.source_format);
             let spec = EncodeSpec {
-                format: variant.params.output_format(prepared.source_format),
+                format: budget::edge_format(
+                    requested,
+                    prepared.width,
+                    prepared.height,
+                    avif_max_pixels,
+                ),
                 quality: variant.params.quality.unwrap_or(DEFAULT_QUALITY),
                 progressive: variant.params.progressive,
                 profile: Profile::Fast,

@@ -4,7 +4,9 @@ use std::borrow::Cow;
 
 use crate::variant::OutputFormat;
 
-use super::{EncodeSpec, PipelineError, Prepared, encode_jpeg, encode_png, encode_webp};
+use super::{
+    EncodeSpec, PipelineError, Prepared, encode_avif, encode_jpeg, encode_png, encode_webp,
+};
 
 pub fn encode(image: &Prepared, spec: &EncodeSpec) -> Result<Vec<u8>, PipelineError> {
     let failed = |reason: String| PipelineError::Encode {
@@ -44,20 +46,33 @@ pub fn encode(image: &Prepared, spec: &EncodeSpec) -> Result<Vec<u8>, PipelineEr
             spec.profile,
         )
         .map_err(failed),
+        OutputFormat::Avif => {
+            let channels = image.pixels().len() / (w as usize * h as usize).max(1);
+            // Gray sources keep one luma plane (4:0:0): no chroma to spend bits on.
+            let (pixels, channels): (Cow<'_, [u8]>, usize) = if image.is_gray() {
+                (
+                    Cow::Owned(gray_channels(image.pixels(), channels)),
+                    if channels == 4 { 2 } else { 1 },
+                )
+            } else {
+                (Cow::Borrowed(image.pixels()), channels)
+            };
+            let input = encode_avif::AvifInput {
+                pixels: &pixels,
+                width: w,
+                height: h,
+                channels,
+            };
+            encode_avif::encode(&input, spec.quality, spec.profile).map_err(failed)
+        }
         OutputFormat::Png => {
             let channels = image.pixels().len() / (w as usize * h as usize).max(1);
             let (pixels, channels): (Cow<'_, [u8]>, u8) = if image.is_gray() {
                 // Keep gray sources one (or two) channels wide: a third of the data.
-                let keep_alpha = channels == 4;
-                let mut gray =
-                    Vec::with_capacity(w as usize * h as usize * (1 + keep_alpha as usize));
-                for p in image.pixels().chunks_exact(channels) {
-                    gray.push(p[0]);
-                    if keep_alpha {
-                        gray.push(p[3]);
-                    }
-                }
-                (Cow::Owned(gray), if channels == 4 { 2 } else { 1 })
+                (
+                    Cow::Owned(gray_channels(image.pixels(), channels)),
+                    if channels == 4 { 2 } else { 1 },
+                )
             } else {
                 (Cow::Borrowed(image.pixels()), channels as u8)
             };
@@ -70,6 +85,19 @@ pub fn encode(image: &Prepared, spec: &EncodeSpec) -> Result<Vec<u8>, PipelineEr
             encode_png::encode(&input, spec.profile).map_err(failed)
         }
     }
+}
+
+/// Gray pixels stored as RGB(A) (`channels` 3 or 4) → gray (+ alpha), interleaved.
+fn gray_channels(pixels: &[u8], channels: usize) -> Vec<u8> {
+    let keep_alpha = channels == 4;
+    let mut gray = Vec::with_capacity(pixels.len() / channels.max(1) * (1 + keep_alpha as usize));
+    for p in pixels.chunks_exact(channels.max(1)) {
+        gray.push(p[0]);
+        if keep_alpha {
+            gray.push(p[3]);
+        }
+    }
+    gray
 }
 
 /// RGBA (straight alpha) → RGB over white.

@@ -18,6 +18,7 @@ pub mod jpeg_scans;
 mod colour;
 mod deadline;
 mod encode;
+pub mod encode_avif;
 mod encode_jpeg;
 mod encode_png;
 mod encode_webp;
@@ -243,6 +244,33 @@ pub fn prepare_reference(
     limits: &Limits,
 ) -> Result<Prepared, PipelineError> {
     run_steps(source, params, limits, load::Decode::Full, Deadline::none())
+}
+
+/// Decode one of our own encodes back to pixels, for scoring: AVIF through libavif (it
+/// is an output format only, never accepted as a source), the others through the
+/// pipeline at 100 %, which for our files (no orientation, no ICC) is a plain decode.
+pub fn decode_output(encoded: &[u8]) -> Result<Prepared, PipelineError> {
+    if encode_avif::is_avif(encoded) {
+        let decoded = encode_avif::decode(encoded).map_err(|reason| PipelineError::Corrupt {
+            format: "avif",
+            reason,
+        })?;
+        return Ok(Prepared {
+            width: decoded.width,
+            height: decoded.height,
+            source_format: OutputFormat::Avif,
+            timings: StageTimings::default(),
+            pixels: decoded.pixels,
+            has_alpha: decoded.has_alpha,
+            gray: false,
+            full_resolution: true,
+        });
+    }
+    let limits = Limits {
+        max_pixels: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+    prepare(encoded, &Params::default(), &limits)
 }
 
 /// What every step sees: the request, and the image as the previous step left it.

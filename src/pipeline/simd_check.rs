@@ -1,4 +1,5 @@
-//! The JPEG SIMD guard: build.rs's verdicts, and proof that the SIMD is really linked in.
+//! The SIMD guards: build.rs's verdicts for JPEG, and proof that mozjpeg's and libaom's
+//! SIMD are really linked in and chosen at run time.
 
 #[cfg(test)]
 mod tests {
@@ -47,5 +48,46 @@ mod tests {
             idct != 0 && ycc != 0,
             "mozjpeg was built without SIMD (idct {idct}, rgb_ycc {ycc})"
         );
+    }
+
+    /// libaom: `aom_sad16x16_sse2` exists only when its NASM source was assembled (libaom
+    /// has no C fallback under that name), and after an encode has run libaom's run-time
+    /// CPU detection, the dispatch pointers of two hot kernels point past their C versions
+    /// (SSE4.1/SSSE3 or AVX2: every x86-64 machine Lambda runs on has them).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avif_simd_is_linked_in_and_chosen() {
+        type Kernel = *const std::ffi::c_void;
+        unsafe extern "C" {
+            fn aom_sad16x16_sse2();
+            fn av1_fwd_txfm2d_16x16_c();
+            fn aom_convolve8_horiz_c();
+            static av1_fwd_txfm2d_16x16: Kernel;
+            static aom_convolve8_horiz: Kernel;
+        }
+        let pixels: Vec<u8> = (0..64 * 64 * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let input = crate::pipeline::encode_avif::AvifInput {
+            pixels: &pixels,
+            width: 64,
+            height: 64,
+            channels: 3,
+        };
+        let encoded =
+            crate::pipeline::encode_avif::encode(&input, 60, crate::pipeline::Profile::Fast);
+        assert!(encoded.is_ok_and(|b| !b.is_empty()));
+        let asm = aom_sad16x16_sse2 as *const ();
+        assert!(!asm.is_null());
+        // SAFETY: plain reads of libaom's dispatch pointers, set once by its RTCD init
+        // (which the encode above ran) and never written again.
+        let (txfm, convolve) = unsafe { (av1_fwd_txfm2d_16x16, aom_convolve8_horiz) };
+        assert_ne!(
+            txfm, av1_fwd_txfm2d_16x16_c as Kernel,
+            "libaom's transform is the C one"
+        );
+        assert_ne!(
+            convolve, aom_convolve8_horiz_c as Kernel,
+            "libaom's convolve is the C one"
+        );
+        assert!(!txfm.is_null() && !convolve.is_null());
     }
 }

@@ -22,8 +22,11 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use super::message::{Message, MessageError, StorageChange};
 use super::process::{self, KeyOutcome, MemoryGate, RenderFailure, RenderReport, RenderTask};
+use super::refresh::{self, RefreshReport};
 use super::{BucketStores, WorkerConfig};
+use crate::cdn::{self, CdnInvalidator};
 use crate::job::Job;
 use crate::metrics::{self, MetricsSink, NoMetrics, Observation};
 use crate::variant::VariantKey;
@@ -43,6 +46,9 @@ pub struct Record {
 pub enum RecordOutcome {
     /// Done: the variant is written or already current. Delete the message.
     Done(KeyOutcome),
+    /// Done: an S3 event handled (its originals refreshed) or one with nothing to do.
+    /// Delete the message.
+    Event(EventOutcome),
     /// Not done: keep the message (it comes back, or goes to the DLQ).
     Failed {
         retryable: bool,
@@ -53,7 +59,7 @@ pub enum RecordOutcome {
 
 impl RecordOutcome {
     pub fn is_done(&self) -> bool {
-        matches!(self, RecordOutcome::Done(_))
+        matches!(self, RecordOutcome::Done(_) | RecordOutcome::Event(_))
     }
 
     fn failed(failure: &RenderFailure) -> Self {
@@ -65,6 +71,45 @@ impl RecordOutcome {
     }
 }
 
+/// What an S3 event message led to, summed over its records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventOutcome {
+    /// Records naming an original (refreshed).
+    pub originals: usize,
+    /// Records naming a variant key: the worker's own writes coming back, dropped.
+    pub variant_events: usize,
+    /// Records whose event changes no content (tagging, ACL, restore...).
+    pub ignored: usize,
+    /// Our variants re-rendered from the new original.
+    pub rerendered: usize,
+    /// Our variants deleted with their original.
+    pub deleted: usize,
+    /// Hand-made `key@…` objects left alone.
+    pub foreign: usize,
+}
+
+/// A record, read.
+enum Admitted {
+    Job(Job, VariantKey),
+    Event(Vec<StorageChange>),
+    TestEvent(String),
+}
+
+/// What one S3 event record asks for.
+enum ChangeKind {
+    Ignored,
+    Variant,
+    Original,
+}
+
+/// One original to refresh and the event records waiting on it (duplicates in one batch
+/// refresh once).
+struct OriginalGroup {
+    bucket: String,
+    key: String,
+    records: Vec<usize>,
+}
+
 /// The worker: stores, settings and the limits shared by every batch it runs.
 pub struct Worker<S> {
     stores: S,
@@ -72,6 +117,7 @@ pub struct Worker<S> {
     cpu: Arc<Semaphore>,
     memory: Arc<Semaphore>,
     metrics: Arc<dyn MetricsSink>,
+    cdn: Option<Arc<dyn CdnInvalidator>>,
 }
 
 /// Memory permits are MiB of the budget.
@@ -116,7 +162,16 @@ impl<S: BucketStores> Worker<S> {
             memory: Arc::new(Semaphore::new(budget as usize)),
             config,
             metrics: Arc::new(NoMetrics),
+            cdn: None,
         }
+    }
+
+    /// The CDN to invalidate after refreshes (the distribution of
+    /// [`WorkerConfig::distribution_id`]); without one, refreshes still happen and the
+    /// log says no CDN was invalidated.
+    pub fn with_cdn(mut self, cdn: Arc<dyn CdnInvalidator>) -> Self {
+        self.cdn = Some(cdn);
+        self
     }
 
     /// Where each record's observation goes (EMF on Lambda, a registry in `serve`).
@@ -159,49 +214,97 @@ impl<S: BucketStores> Worker<S> {
         let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; records.len()];
         let mut groups: Vec<Group> = Vec::new();
         let mut by_variant: HashMap<(String, String), usize> = HashMap::new();
+        let mut originals: Vec<OriginalGroup> = Vec::new();
+        let mut by_original: HashMap<(String, String), usize> = HashMap::new();
+        // Event records waiting on their originals' refreshes: what they said so far.
+        let mut events: Vec<(usize, EventOutcome)> = Vec::new();
         for (index, record) in records.iter().enumerate() {
-            match self.admit(record) {
+            let admitted = match self.admit(record) {
+                Ok(admitted) => admitted,
                 Err(failure) => {
                     log_failure(record, &failure, None);
                     self.metrics.record(&failure_observation(record, &failure));
                     outcomes[index] = Some(RecordOutcome::failed(&failure));
+                    continue;
                 }
-                Ok((job, variant)) => {
-                    let group_index = *by_variant
-                        .entry((job.bucket.clone(), variant.canonical_key()))
-                        .or_insert_with(|| {
-                            groups.push(Group {
-                                task: RenderTask {
-                                    bucket: job.bucket.clone(),
-                                    original_key: job.original_key.clone(),
-                                    params: variant.params.clone(),
-                                    keys: Vec::new(),
-                                },
-                                records: Vec::new(),
-                            });
-                            groups.len() - 1
-                        });
-                    let group = &mut groups[group_index];
-                    let key_index = match group.task.keys.iter().position(|k| *k == job.variant_key)
-                    {
-                        Some(i) => i,
-                        None => {
-                            group.task.keys.push(job.variant_key.clone());
-                            group.task.keys.len() - 1
+            };
+            let (job, variant) = match admitted {
+                Admitted::Job(job, variant) => (job, variant),
+                Admitted::Event(changes) => {
+                    let mut said = EventOutcome::default();
+                    for change in changes {
+                        match self.classify(record, &change) {
+                            ChangeKind::Ignored => said.ignored += 1,
+                            ChangeKind::Variant => said.variant_events += 1,
+                            ChangeKind::Original => {
+                                let group_index = *by_original
+                                    .entry((change.bucket.clone(), change.key.clone()))
+                                    .or_insert_with(|| {
+                                        originals.push(OriginalGroup {
+                                            bucket: change.bucket.clone(),
+                                            key: change.key.clone(),
+                                            records: Vec::new(),
+                                        });
+                                        originals.len() - 1
+                                    });
+                                originals[group_index].records.push(index);
+                                said.originals += 1;
+                            }
                         }
-                    };
-                    group.records.push((index, key_index));
+                    }
+                    events.push((index, said));
+                    continue;
                 }
-            }
+                Admitted::TestEvent(bucket) => {
+                    info!(
+                        event = "worker.storage_event",
+                        job_id = record.id.as_str(),
+                        outcome = "test-event",
+                        bucket = bucket.as_str(),
+                        "S3's test event (sent when the notification is configured): nothing to do"
+                    );
+                    self.metrics.record(&event_observation("test"));
+                    outcomes[index] = Some(RecordOutcome::Event(EventOutcome::default()));
+                    continue;
+                }
+            };
+            let group_index = *by_variant
+                .entry((job.bucket.clone(), variant.canonical_key()))
+                .or_insert_with(|| {
+                    groups.push(Group {
+                        task: RenderTask {
+                            bucket: job.bucket.clone(),
+                            original_key: job.original_key.clone(),
+                            params: variant.params.clone(),
+                            keys: Vec::new(),
+                        },
+                        records: Vec::new(),
+                    });
+                    groups.len() - 1
+                });
+            let group = &mut groups[group_index];
+            let key_index = match group.task.keys.iter().position(|k| *k == job.variant_key) {
+                Some(i) => i,
+                None => {
+                    group.task.keys.push(job.variant_key.clone());
+                    group.task.keys.len() - 1
+                }
+            };
+            group.records.push((index, key_index));
         }
 
         let longest = AtomicU64::new(0);
-        let results = futures::future::join_all(
+        let renders = futures::future::join_all(
             groups
                 .iter()
                 .map(|group| self.run_group(group, deadline, stop, &longest)),
-        )
-        .await;
+        );
+        let refreshes = futures::future::join_all(
+            originals
+                .iter()
+                .map(|original| self.run_refresh(original, deadline, stop, &longest)),
+        );
+        let (results, mut refreshed) = futures::future::join(renders, refreshes).await;
 
         for (group, result) in groups.iter().zip(results) {
             for &(index, key_index) in &group.records {
@@ -220,13 +323,56 @@ impl<S: BucketStores> Worker<S> {
                         RecordOutcome::Done(key_outcome)
                     }
                     Err(failure) => {
-                        log_failure(record, failure, Some(&group.task));
+                        log_failure(
+                            record,
+                            failure,
+                            Some((&group.task.bucket, &group.task.original_key)),
+                        );
                         self.metrics.record(&failure_observation(record, failure));
                         RecordOutcome::failed(failure)
                     }
                 };
                 outcomes[index] = Some(outcome);
             }
+        }
+
+        self.invalidate(records, &originals, &mut refreshed).await;
+        for (index, mut said) in events {
+            let record = &records[index];
+            let mut failure = None;
+            for (original, result) in originals.iter().zip(&refreshed) {
+                if !original.records.contains(&index) {
+                    continue;
+                }
+                match result {
+                    Ok(report) => {
+                        said.rerendered += report.rerendered.len();
+                        said.deleted += report.deleted.len();
+                        said.foreign += report.foreign.len();
+                    }
+                    Err(f) => failure = Some((original, f)),
+                }
+            }
+            let outcome = match failure {
+                Some((original, f)) => {
+                    log_failure(record, f, Some((&original.bucket, &original.key)));
+                    self.metrics.record(&failure_observation(record, f));
+                    RecordOutcome::failed(f)
+                }
+                None => {
+                    for (kind, n) in [
+                        ("original", said.originals),
+                        ("variant", said.variant_events),
+                        ("ignored", said.ignored),
+                    ] {
+                        for _ in 0..n {
+                            self.metrics.record(&event_observation(kind));
+                        }
+                    }
+                    RecordOutcome::Event(said)
+                }
+            };
+            outcomes[index] = Some(outcome);
         }
         outcomes
             .into_iter()
@@ -240,28 +386,71 @@ impl<S: BucketStores> Worker<S> {
             .collect()
     }
 
-    /// Parse and vet a record: the job and its parsed variant.
-    fn admit(&self, record: &Record) -> Result<(Job, VariantKey), RenderFailure> {
-        let job = Job::parse(&record.body)?;
-        if let Some(allowed) = &self.config.allowed_buckets
-            && !allowed.contains(&job.bucket)
-        {
+    /// Parse and vet a record: a job and its parsed variant, or an S3 event.
+    fn admit(&self, record: &Record) -> Result<Admitted, RenderFailure> {
+        let job = match Message::parse(&record.body) {
+            Ok(Message::Job(job)) => job,
+            Ok(Message::Storage(changes)) => {
+                if let Some(change) = changes.iter().find(|c| !self.allows(&c.bucket)) {
+                    return Err(RenderFailure::BucketNotAllowed(change.bucket.clone()));
+                }
+                return Ok(Admitted::Event(changes));
+            }
+            Ok(Message::TestEvent { bucket }) => return Ok(Admitted::TestEvent(bucket)),
+            Err(MessageError::Job(e)) => return Err(RenderFailure::InvalidJob(e)),
+            Err(MessageError::Event(reason)) => return Err(RenderFailure::InvalidEvent(reason)),
+        };
+        if !self.allows(&job.bucket) {
             return Err(RenderFailure::BucketNotAllowed(job.bucket));
         }
         let variant = job.variant()?;
-        Ok((job, variant))
+        Ok(Admitted::Job(job, variant))
     }
 
-    async fn run_group(
+    fn allows(&self, bucket: &str) -> bool {
+        self.config
+            .allowed_buckets
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|b| b == bucket))
+    }
+
+    /// What one S3 event record asks of the worker, logged when it asks nothing.
+    fn classify(&self, record: &Record, change: &StorageChange) -> ChangeKind {
+        if !change.may_change_content() {
+            info!(
+                event = "worker.storage_event",
+                job_id = record.id.as_str(),
+                outcome = "ignored",
+                event_name = change.event_name.as_str(),
+                bucket = change.bucket.as_str(),
+                key = change.key.as_str(),
+                "the event does not change the object's content"
+            );
+            return ChangeKind::Ignored;
+        }
+        if VariantKey::parse(&change.key).is_ok() {
+            // Our own write (or someone's `key@…` upload) coming back: dropping it is what
+            // keeps a variant write from causing more work.
+            info!(
+                event = "worker.storage_event",
+                job_id = record.id.as_str(),
+                outcome = "variant-dropped",
+                event_name = change.event_name.as_str(),
+                bucket = change.bucket.as_str(),
+                key = change.key.as_str(),
+            );
+            return ChangeKind::Variant;
+        }
+        ChangeKind::Original
+    }
+
+    /// Whether a render may start now; the reason it may not.
+    fn may_start(
         &self,
-        group: &Group,
         deadline: Option<Instant>,
         stop: &AtomicBool,
         longest: &AtomicU64,
-    ) -> process::RenderResult {
-        let Ok(_slot) = self.cpu.acquire().await else {
-            return Err(RenderFailure::NotStarted("worker shutting down"));
-        };
+    ) -> Result<(), RenderFailure> {
         if stop.load(Ordering::SeqCst) {
             return Err(RenderFailure::NotStarted("shutting down"));
         }
@@ -275,13 +464,143 @@ impl<S: BucketStores> Worker<S> {
                 ));
             }
         }
-        let started = Instant::now();
-        let store = self.stores.store_for(&group.task.bucket);
-        let gate = SemaphoreGate {
+        Ok(())
+    }
+
+    fn gate(&self) -> SemaphoreGate {
+        SemaphoreGate {
             memory: self.memory.clone(),
             budget_mib: self.config.memory_budget_mib,
+        }
+    }
+
+    /// One original's refresh. Its re-renders take the batch's CPU slots one by one (see
+    /// [`refresh::refresh`]); the listing and HEADs before them hold none.
+    async fn run_refresh(
+        &self,
+        original: &OriginalGroup,
+        deadline: Option<Instant>,
+        stop: &AtomicBool,
+        longest: &AtomicU64,
+    ) -> Result<RefreshReport, RenderFailure> {
+        self.may_start(deadline, stop, longest)?;
+        let started = Instant::now();
+        let store = self.stores.store_for(&original.bucket);
+        let result =
+            refresh::refresh(store, &original.key, &self.config, &self.gate(), &self.cpu).await;
+        longest.fetch_max(started.elapsed().as_millis() as u64, Ordering::SeqCst);
+        if let Ok(report) = &result {
+            log_refresh(original, report, started.elapsed());
+            if report.changed() {
+                self.metrics.record(
+                    &Observation::new("worker")
+                        .dimension("Outcome", "refreshed")
+                        .value(
+                            &metrics::WORKER_VARIANTS_REFRESHED,
+                            report.rerendered.len() as f64,
+                        )
+                        .value(
+                            &metrics::WORKER_VARIANTS_DELETED,
+                            report.deleted.len() as f64,
+                        ),
+                );
+            }
+        }
+        result
+    }
+
+    /// One invalidation for the batch: the originals whose variants changed (and, on a
+    /// redelivery, those that have variants at all: the earlier delivery may have refreshed
+    /// them and then failed to invalidate). A failed invalidation fails the refreshes it
+    /// covered, so their records come back and try again.
+    async fn invalidate(
+        &self,
+        records: &[Record],
+        originals: &[OriginalGroup],
+        refreshed: &mut [Result<RefreshReport, RenderFailure>],
+    ) {
+        let covered: Vec<usize> = originals
+            .iter()
+            .zip(refreshed.iter())
+            .enumerate()
+            .filter(|(_, (original, result))| {
+                let redelivered = original
+                    .records
+                    .iter()
+                    .any(|&i| records.get(i).is_some_and(|r| r.receive_count > 1));
+                result
+                    .as_ref()
+                    .is_ok_and(|r| r.changed() || (redelivered && r.has_variants()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if covered.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = covered.iter().map(|&i| originals[i].key.clone()).collect();
+        let paths = cdn::plan(&keys);
+        let Some(cdn) = &self.cdn else {
+            warn!(
+                event = "worker.invalidation",
+                outcome = "no-cdn",
+                originals = keys.len(),
+                paths = paths.len(),
+                "no distribution id configured (EDGETHUMB_DISTRIBUTION_ID / --distribution-id): variants were refreshed but no CDN was invalidated"
+            );
+            return;
         };
-        let result = process::render(store, &group.task, &self.config, &gate).await;
+        let started = Instant::now();
+        match cdn.invalidate(&paths).await {
+            Ok(id) => {
+                info!(
+                    event = "worker.invalidation",
+                    outcome = "created",
+                    distribution = cdn.distribution(),
+                    invalidation_id = id.as_str(),
+                    originals = keys.len(),
+                    paths = paths.len(),
+                    wildcards = cdn::wildcard_count(&paths),
+                    first_path = paths.first().map_or("", String::as_str),
+                    ms = ms(started.elapsed()),
+                );
+                self.metrics.record(
+                    &Observation::new("worker")
+                        .dimension("Outcome", "invalidated")
+                        .value(&metrics::WORKER_INVALIDATION_PATHS, paths.len() as f64),
+                );
+            }
+            Err(e) => {
+                warn!(
+                    event = "worker.invalidation",
+                    outcome = "failed",
+                    distribution = cdn.distribution(),
+                    retryable = e.is_retryable(),
+                    originals = keys.len(),
+                    paths = paths.len(),
+                    error = %e,
+                    "the refreshes it covered are reported failed, so their events come back"
+                );
+                for i in covered {
+                    refreshed[i] = Err(RenderFailure::Cdn(e.clone()));
+                }
+            }
+        }
+    }
+
+    async fn run_group(
+        &self,
+        group: &Group,
+        deadline: Option<Instant>,
+        stop: &AtomicBool,
+        longest: &AtomicU64,
+    ) -> process::RenderResult {
+        let Ok(_slot) = self.cpu.acquire().await else {
+            return Err(RenderFailure::NotStarted("worker shutting down"));
+        };
+        self.may_start(deadline, stop, longest)?;
+        let started = Instant::now();
+        let store = self.stores.store_for(&group.task.bucket);
+        let result = process::render(store, &group.task, &self.config, &self.gate()).await;
         longest.fetch_max(started.elapsed().as_millis() as u64, Ordering::SeqCst);
         result
     }
@@ -343,6 +662,30 @@ fn failure_observation(record: &Record, failure: &RenderFailure) -> Observation 
         .count(&metrics::WORKER_DEAD_LETTER, permanent)
 }
 
+/// An S3 event record's metrics, by what it was.
+fn event_observation(kind: &'static str) -> Observation {
+    Observation::new("worker")
+        .dimension("Outcome", kind)
+        .count(&metrics::WORKER_STORAGE_EVENTS, true)
+}
+
+fn log_refresh(original: &OriginalGroup, report: &RefreshReport, took: Duration) {
+    info!(
+        event = "worker.refresh",
+        bucket = original.bucket.as_str(),
+        original_key = original.key.as_str(),
+        original = if report.original_etag.is_some() { "present" } else { "gone" },
+        original_etag = report.original_etag.as_deref().unwrap_or(""),
+        rerendered = report.rerendered.len(),
+        deleted = report.deleted.len(),
+        current = report.current,
+        // Hand-made `key@…` objects: counted, named, never touched.
+        foreign = report.foreign.len(),
+        foreign_keys = ?report.foreign,
+        ms = ms(took),
+    );
+}
+
 fn log_done(
     record: &Record,
     task: &RenderTask,
@@ -382,9 +725,9 @@ fn log_done(
     );
 }
 
-fn log_failure(record: &Record, failure: &RenderFailure, task: Option<&RenderTask>) {
-    let bucket = task.map_or("", |t| t.bucket.as_str());
-    let original_key = task.map_or("", |t| t.original_key.as_str());
+/// `at`: the bucket and original key, when the record got that far.
+fn log_failure(record: &Record, failure: &RenderFailure, at: Option<(&str, &str)>) {
+    let (bucket, original_key) = at.unwrap_or(("", ""));
     let reason = failure.to_string();
     if failure.is_retryable() {
         warn!(

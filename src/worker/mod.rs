@@ -4,18 +4,24 @@
 //! - [`process`]: one render (idempotence check, fetch, render, tagged write).
 //! - [`batch`]: a batch of queue records (parse, de-duplicate, bounded parallelism,
 //!   deadline); the ids of the failed records for the Lambda's `batchItemFailures`.
+//! - [`message`]: what a queue message is: a job, an S3 event notification or S3's test event.
+//! - [`refresh`]: an original was written or deleted: re-render or delete its variants.
 //! - [`runner`]: the long-poll loop behind `edgethumb work`.
 //!
 //! Behaviour, failure classes and configuration are documented in `docs/worker.md`.
 
 pub mod batch;
+pub mod message;
 pub mod process;
+pub mod refresh;
 pub mod runner;
 pub mod settings;
 pub mod tuning;
 
 #[cfg(test)]
 mod metric_tests;
+#[cfg(test)]
+mod refresh_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -24,7 +30,7 @@ mod tuning_tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use batch::{Record, RecordOutcome, Worker};
+pub use batch::{EventOutcome, Record, RecordOutcome, Worker};
 pub use process::{KeyOutcome, RenderFailure};
 pub use runner::{RunSummary, Runner, RunnerOptions};
 pub use settings::{ConfigError, Origin, SETTINGS, Setting};
@@ -77,6 +83,9 @@ pub struct WorkerConfig {
     pub time_reserve: Duration,
     /// When set, jobs for other buckets are refused (permanently).
     pub allowed_buckets: Option<Vec<String>>,
+    /// The CloudFront distribution whose cached copies are invalidated after an original
+    /// is replaced or deleted; `None`: variants are still refreshed, no CDN is told.
+    pub distribution_id: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -89,6 +98,7 @@ impl Default for WorkerConfig {
             memory_budget_mib: 1024,
             time_reserve: Duration::from_secs(5),
             allowed_buckets: None,
+            distribution_id: None,
         }
     }
 }

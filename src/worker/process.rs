@@ -59,6 +59,21 @@ pub enum RenderFailure {
     BucketNotAllowed(String),
     #[error("original {bucket}/{key} does not exist")]
     OriginalMissing { bucket: String, key: String },
+    /// The original was replaced (or deleted) while its variant rendered: the variant of
+    /// the old picture is not written. Retryable: the next try renders the new one.
+    #[error(
+        "original {bucket}/{key} changed during the render (rendered {rendered:?}, now {now:?})"
+    )]
+    OriginalChanged {
+        bucket: String,
+        key: String,
+        rendered: Option<String>,
+        now: Option<String>,
+    },
+    #[error("invalid S3 event: {0}")]
+    InvalidEvent(String),
+    #[error("CDN: {0}")]
+    Cdn(#[from] crate::cdn::CdnError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("render: {0}")]
@@ -78,7 +93,8 @@ impl RenderFailure {
             RenderFailure::Store(e) => e.is_retryable(),
             // A newer producer: an upgraded worker will read it.
             RenderFailure::InvalidJob(JobError::UnsupportedVersion(_)) => true,
-            RenderFailure::NotStarted(_) => true,
+            RenderFailure::NotStarted(_) | RenderFailure::OriginalChanged { .. } => true,
+            RenderFailure::Cdn(e) => e.is_retryable(),
             // A panic in a codec repeats on the same input; the DLQ keeps the evidence.
             RenderFailure::Crashed(_) => false,
             // Memory, a caught bug, a deadline or an encoder failure: not the source's
@@ -88,6 +104,7 @@ impl RenderFailure {
             RenderFailure::InvalidJob(_)
             | RenderFailure::BucketNotAllowed(_)
             | RenderFailure::OriginalMissing { .. }
+            | RenderFailure::InvalidEvent(_)
             | RenderFailure::Metric(_) => false,
         }
     }
@@ -98,6 +115,9 @@ impl RenderFailure {
             RenderFailure::InvalidJob(_) => "invalid-job",
             RenderFailure::BucketNotAllowed(_) => "bucket-not-allowed",
             RenderFailure::OriginalMissing { .. } => "original-missing",
+            RenderFailure::OriginalChanged { .. } => "original-changed",
+            RenderFailure::InvalidEvent(_) => "invalid-event",
+            RenderFailure::Cdn(_) => "cdn",
             RenderFailure::Store(_) => "store",
             RenderFailure::Pipeline(PipelineError::TooManyBytes { .. })
             | RenderFailure::Pipeline(PipelineError::TooManyPixels { .. }) => "over-limits",
@@ -258,6 +278,19 @@ pub async fn render(
     report.method = choice.method;
 
     let write_started = Instant::now();
+    // A replacement of the original may have landed while this rendered, and its event may
+    // already have refreshed the variants: writing now would put the old picture back. So
+    // the original's ETag is checked right before the writes (the window left is the HEAD's
+    // round trip).
+    let now = store.head(&task.original_key).await?.and_then(|o| o.etag);
+    if now != original.info.etag {
+        return Err(RenderFailure::OriginalChanged {
+            bucket: task.bucket.clone(),
+            key: task.original_key.clone(),
+            rendered: original.info.etag.clone(),
+            now,
+        });
+    }
     let body = Bytes::from(choice.bytes.clone());
     let request = put_request(&choice, &task.params, original.info.etag.as_deref(), config);
     let mut outcomes = Vec::with_capacity(task.keys.len());

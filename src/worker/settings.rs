@@ -155,6 +155,21 @@ pub static SETTINGS: &[Setting] = &[
             Some(())
         },
     },
+    Setting {
+        env: "EDGETHUMB_DISTRIBUTION_ID",
+        flag: "distribution-id",
+        help: "CloudFront distribution to invalidate after an original is replaced or deleted (unset: variants are refreshed, no CDN is invalidated)",
+        expects: "a CloudFront distribution id (upper-case letters and digits)",
+        apply: |c, v| {
+            let id = v.trim();
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+            ok.then(|| c.distribution_id = Some(id.to_string()))
+        },
+    },
 ];
 
 impl Setting {
@@ -240,6 +255,7 @@ mod tests {
         assert_eq!(c.tuning.target_score, tuning::DEFAULT_TARGET_SCORE);
         assert!(c.concurrency >= 1);
         assert!(c.allowed_buckets.is_none());
+        assert!(c.distribution_id.is_none());
     }
 
     #[test]
@@ -254,6 +270,7 @@ mod tests {
             ("EDGETHUMB_MAX_SOURCE_BYTES", "2000"),
             ("EDGETHUMB_TIME_RESERVE_MS", "1500"),
             ("EDGETHUMB_BUCKET", "a, b"),
+            ("EDGETHUMB_DISTRIBUTION_ID", "E2QWRUHEXAMPLE"),
         ]))
         .unwrap();
         assert_eq!(c.cache_control, "public, max-age=60");
@@ -265,6 +282,7 @@ mod tests {
         assert_eq!(c.limits.max_bytes, 2000);
         assert_eq!(c.time_reserve, Duration::from_millis(1500));
         assert_eq!(c.allowed_buckets, Some(vec!["a".into(), "b".into()]));
+        assert_eq!(c.distribution_id.as_deref(), Some("E2QWRUHEXAMPLE"));
         let c = WorkerConfig::from_lookup(lookup(&[
             ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048"),
             ("EDGETHUMB_MEMORY_BUDGET_MB", "512"),
@@ -303,6 +321,7 @@ mod tests {
         ("EDGETHUMB_TIME_RESERVE_MS", "-1"),
         ("EDGETHUMB_CACHE_CONTROL", "a\nb"),
         ("EDGETHUMB_CACHE_CONTROL", " "),
+        ("EDGETHUMB_DISTRIBUTION_ID", "e2qwr/uh"),
     ];
 
     #[test]

@@ -21,7 +21,7 @@ use std::borrow::Cow;
 
 use fast_ssim2::{PixelDescriptor, PixelSlice, Ssimulacra2Reference};
 
-use crate::pipeline::{self, EncodeSpec, Limits, PipelineError, Prepared, Profile};
+use crate::pipeline::{self, EncodeSpec, PipelineError, Prepared, Profile};
 use crate::variant::{DEFAULT_QUALITY, OutputFormat, Params};
 
 /// SSIMULACRA2's smallest supported side.
@@ -185,11 +185,7 @@ fn metric_error(e: fast_ssim2::Ssimulacra2Error) -> TuneError {
 /// Decode one of our own outputs back to pixels: the pipeline at 100 %, which for a file
 /// without orientation or ICC is a plain decode.
 fn decode(encoded: &[u8]) -> Result<Prepared, PipelineError> {
-    let limits = Limits {
-        max_pixels: u64::MAX,
-        max_bytes: u64::MAX,
-    };
-    pipeline::prepare(encoded, &Params::default(), &limits)
+    pipeline::decode_output(encoded)
 }
 
 /// The metric's view of packed 8-bit sRGB pixels.
@@ -367,7 +363,13 @@ impl Prior {
                 quality: 85.0,
                 slope: 0.8,
             },
-            _ => Prior {
+            // AVIF's `q` is mapped onto the JPEG scale (equal mean score at each anchor,
+            // `encode_avif::AvifSettings::quality_map`), so JPEG's prior is its starting point.
+            OutputFormat::Avif => Prior {
+                quality: 77.0,
+                slope: 0.5,
+            },
+            OutputFormat::Png => Prior {
                 quality: 70.0,
                 slope: 0.5,
             },

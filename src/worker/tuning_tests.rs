@@ -131,7 +131,7 @@ fn tuned_quality_reaches_the_target_and_beats_q80_where_q80_overshoots() {
     let mut overshoots = 0;
     let mut report = String::new();
     for (name, source) in &images {
-        for format in [OutputFormat::Jpeg, OutputFormat::Webp] {
+        for format in [OutputFormat::Jpeg, OutputFormat::Webp, OutputFormat::Avif] {
             let params: Params = format!("320w.{}", format.extension()).parse().unwrap();
             let prepared = pipeline::prepare(source, &params, &limits).unwrap();
             let reference = pipeline::prepare_reference(source, &params, &limits).unwrap();

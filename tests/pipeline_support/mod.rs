@@ -317,6 +317,8 @@ pub fn magic(bytes: &[u8]) -> &'static str {
         "png"
     } else if bytes.len() > 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
         "webp"
+    } else if bytes.len() > 12 && &bytes[4..8] == b"ftyp" && &bytes[8..12] == b"avif" {
+        "avif"
     } else {
         "unknown"
     }

@@ -83,8 +83,8 @@ test('invalid variants are answered 400 with the grammar message naming the toke
     ['/cat.jpg@-5w', 'token "-5w" is not <integer><letter>'],
     ['/cat.jpg@200W', 'unknown parameter letter in token "200W" (known: w h e c l p q r)'],
     ['/cat.jpg@200w__200h', `empty token in parameters "200w__200h" (doubled, leading or trailing '_')`],
-    ['/cat.jpg@200w.gif', 'unsupported output format "gif" (supported: jpg, jpeg, png, webp, auto)'],
-    ['/cat.jpg@200w.', 'unsupported output format "" (supported: jpg, jpeg, png, webp, auto)'],
+    ['/cat.jpg@200w.gif', 'unsupported output format "gif" (supported: jpg, jpeg, png, webp, avif, auto)'],
+    ['/cat.jpg@200w.', 'unsupported output format "" (supported: jpg, jpeg, png, webp, avif, auto)'],
     ['/cat.jpg@', "no parameters after '@'"],
     ['/@200w', `missing original key before '@' in "@200w"`],
     ['/dir/@200w', `missing original key before '@' in "dir/@200w"`],
@@ -101,10 +101,10 @@ test('invalid variants are answered 400 with the grammar message naming the toke
 
 test('.auto picks the best format each browser accepts, else the original\'s family', async () => {
   const want = {
-    chrome: ['webp', 'webp', 'webp'],
-    firefox: ['webp', 'webp', 'webp'],
+    chrome: ['avif', 'avif', 'avif'],
+    firefox: ['avif', 'avif', 'avif'],
     safari16: ['webp', 'webp', 'webp'],
-    safari17: ['webp', 'webp', 'webp'],
+    safari17: ['avif', 'avif', 'avif'],
     oldEdge: ['jpg', 'png', 'png'],
     curl: ['jpg', 'png', 'png'],
   };
@@ -114,8 +114,8 @@ test('.auto picks the best format each browser accepts, else the original\'s fam
     assert.deepEqual(await call({}, '/logo.PNG@400w.AUTO', '', accept), { status: 200, uri: `/logo.PNG@400w.${png}`, query: 0 }, browser);
     assert.deepEqual(await call({}, '/anim.gif@400w.Auto', '', accept), { status: 200, uri: `/anim.gif@400w.${gif}`, query: 0 }, browser);
   }
-  // AVIF alone still means WebP until the AVIF encoder lands; q=0 refuses; no header at all.
-  assert.equal((await call({}, '/cat.jpg@400w.auto', '', 'image/avif')).uri, '/cat.jpg@400w.webp');
+  // AVIF alone; q=0 refuses; no header at all.
+  assert.equal((await call({}, '/cat.jpg@400w.auto', '', 'image/avif')).uri, '/cat.jpg@400w.avif');
   assert.equal((await call({}, '/cat.jpg@400w.auto', '', 'image/webp;q=0, */*')).uri, '/cat.jpg@400w.jpg');
   assert.equal((await call({}, '/cat.jpg@400w.auto', '', 'image/webp ; Q = 0.000')).uri, '/cat.jpg@400w.jpg');
   assert.equal((await call({}, '/cat.jpg@400w.auto', '', 'IMAGE/WEBP;q=0.5')).uri, '/cat.jpg@400w.webp');
@@ -123,7 +123,8 @@ test('.auto picks the best format each browser accepts, else the original\'s fam
   assert.equal((await call({}, '/cat@400w.auto')).uri, '/cat@400w.jpg');
   // q and r are settled by the resolved format.
   assert.equal((await call({}, '/cat.jpg@1r_80q_400w.auto', '', BROWSERS.curl)).uri, '/cat.jpg@400w_80q_1r.jpg');
-  assert.equal((await call({}, '/cat.jpg@1r_80q_400w.auto', '', BROWSERS.chrome)).uri, '/cat.jpg@400w_80q.webp');
+  assert.equal((await call({}, '/cat.jpg@1r_80q_400w.auto', '', BROWSERS.chrome)).uri, '/cat.jpg@400w_80q.avif');
+  assert.equal((await call({}, '/cat.jpg@1r_80q_400w.auto', '', BROWSERS.safari16)).uri, '/cat.jpg@400w_80q.webp');
   assert.equal((await call({}, '/cat.png@1r_80q_400w.auto', '', BROWSERS.curl)).uri, '/cat.png@400w.png');
 });
 
@@ -146,10 +147,10 @@ test('signed URLs: good, bad, missing, and under a rotated key', async () => {
   const store = { guard: 'signed', 'key:2026a': OLD, 'key:2026b': NEW };
   const path = '/cat.jpg@200w.auto';
   const good = `k=2026a&s=${hmac(OLD, path)}`;
-  const webp = { status: 200, uri: '/cat.jpg@200w.webp', query: 0 };
-  assert.deepEqual(await call(store, path, good, BROWSERS.chrome), webp);
+  const avif = { status: 200, uri: '/cat.jpg@200w.avif', query: 0 };
+  assert.deepEqual(await call(store, path, good, BROWSERS.chrome), avif);
   // The signature is over the canonical requested path, so any spelling carries it.
-  assert.deepEqual(await call(store, '/cat.jpg@0200w_0e.AUTO', good, BROWSERS.chrome), webp);
+  assert.deepEqual(await call(store, '/cat.jpg@0200w_0e.AUTO', good, BROWSERS.chrome), avif);
   assert.deepEqual(await call(store, '/cat.jpg@200w.auto', good, BROWSERS.curl), { status: 200, uri: '/cat.jpg@200w.jpg', query: 0 });
   const forbidden = (message) => ({ status: 403, message });
   assert.deepEqual(await call(store, '/cat.jpg@201w.auto', good), forbidden('bad signature'));
@@ -161,10 +162,10 @@ test('signed URLs: good, bad, missing, and under a rotated key', async () => {
     assert.deepEqual(await call(store, path, q), forbidden('missing signature (k= and s= query parameters)'), q);
   }
   // Rotation: both keys verify while both are stored; removing the old one retires its URLs.
-  assert.deepEqual(await call(store, path, `k=2026b&s=${hmac(NEW, path)}`, BROWSERS.chrome), webp);
+  assert.deepEqual(await call(store, path, `k=2026b&s=${hmac(NEW, path)}`, BROWSERS.chrome), avif);
   const rotated = { guard: 'signed', 'key:2026b': NEW };
   assert.deepEqual(await call(rotated, path, good), forbidden('unknown signing key id'));
-  assert.deepEqual(await call(rotated, path, `k=2026b&s=${hmac(NEW, path)}`, BROWSERS.chrome), webp);
+  assert.deepEqual(await call(rotated, path, `k=2026b&s=${hmac(NEW, path)}`, BROWSERS.chrome), avif);
   // A 400 is never hidden behind the guard.
   assert.equal((await call(store, '/cat.jpg@200x', good)).status, 400);
 });
@@ -178,11 +179,12 @@ test('presets and the allow-list', async () => {
     'allow:800w.auto': '1',
   };
   const ok = (uri) => ({ status: 200, uri, query: 0 });
-  assert.deepEqual(await call(store, '/cat.jpg@thumb', '', BROWSERS.chrome), ok('/cat.jpg@200w_200h_1e.webp'));
+  assert.deepEqual(await call(store, '/cat.jpg@thumb', '', BROWSERS.chrome), ok('/cat.jpg@200w_200h_1e.avif'));
+  assert.deepEqual(await call(store, '/cat.jpg@thumb', '', BROWSERS.safari16), ok('/cat.jpg@200w_200h_1e.webp'));
   assert.deepEqual(await call(store, '/cat.png@thumb', '', BROWSERS.oldEdge), ok('/cat.png@200w_200h_1e.png'));
   assert.deepEqual(await call(store, '/cat.jpg@hero', 'x=1', BROWSERS.chrome), ok('/cat.jpg@1600w.jpg'));
   assert.deepEqual(await call(store, '/cat.jpg@0400w.WEBP'), ok('/cat.jpg@400w.webp'));
-  assert.deepEqual(await call(store, '/cat.jpg@400w.auto', '', BROWSERS.firefox), ok('/cat.jpg@400w.webp'));
+  assert.deepEqual(await call(store, '/cat.jpg@400w.auto', '', BROWSERS.safari16), ok('/cat.jpg@400w.webp'));
   assert.deepEqual(await call(store, '/cat.jpg@800w.auto', '', BROWSERS.curl), ok('/cat.jpg@800w.jpg'));
   for (const uri of ['/cat.jpg@401w.webp', '/cat.jpg@800w.jpg', '/cat.jpg@200w_200h_1e.webp']) {
     assert.equal((await call(store, uri)).status, 403, uri);

@@ -1,7 +1,7 @@
 //! `edgethumb render INPUT PARAMS -o OUTPUT`: one thumbnail from a local file.
 //!
 //! Also the benchmark entry point: `--repeat N --json` prints per-run stage timings and
-//! the process's peak RSS, and `--peer-op A|B|C|D` stands for the shared peer benchmark's
+//! the process's peak RSS, and `--peer-op A|B|C|D|E` stands for the shared peer benchmark's
 //! operations so `../shared/bench/peers.sh --custom` can drive it unchanged.
 
 use std::path::PathBuf;
@@ -40,7 +40,8 @@ pub struct RenderArgs {
     #[arg(long)]
     pub json: bool,
     /// Use the shared peer benchmark's operation instead of PARAMS:
-    /// A=400w_400h.jpg, B=200w_200h.webp, C=1024w_1r.jpg, D=400w_400h.png.
+    /// A=400w_400h.jpg, B=200w_200h.webp, C=1024w_1r.jpg, D=400w_400h.png,
+    /// E=400w_400h.avif.
     #[arg(long, value_enum)]
     pub peer_op: Option<PeerOp>,
     /// Search the quality as the worker does (SSIMULACRA2 target) when PARAMS set no `q`;
@@ -72,6 +73,7 @@ pub enum PeerOp {
     B,
     C,
     D,
+    E,
 }
 
 impl PeerOp {
@@ -81,6 +83,7 @@ impl PeerOp {
             PeerOp::B => "200w_200h.webp",
             PeerOp::C => "1024w_1r.jpg",
             PeerOp::D => "400w_400h.png",
+            PeerOp::E => "400w_400h.avif",
         }
     }
 }

@@ -173,6 +173,9 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         Some(n) => usize::from(n),
         None => (edgethumb::available_cores() / 2).max(1),
     };
+    // S3 sends its own event notifications (when the bucket is configured to); a folder
+    // is polled.
+    let watch = (args.bucket.is_none()).then_some(serve::watch::INTERVAL);
     let (store, queue, bucket, edge, where_) = match (&args.bucket, &args.queue_url) {
         (Some(bucket), Some(queue_url)) => {
             let settings = args.aws.settings();
@@ -240,6 +243,7 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
             worker,
             run_worker: !args.no_worker,
             viewer,
+            watch,
         },
         listener,
         serve::shutdown_signal(),

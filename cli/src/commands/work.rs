@@ -18,7 +18,7 @@ use edgethumb::store::ObjectStore;
 use edgethumb::worker::{
     BucketStores, RunSummary, Runner, RunnerOptions, SETTINGS, Worker, WorkerConfig,
 };
-use edgethumb_aws::worker::{S3Buckets, settings_from_env};
+use edgethumb_aws::worker::{S3Buckets, settings_from_env, with_cdn_from_config};
 
 #[derive(Debug, Args)]
 pub struct WorkArgs {
@@ -128,7 +128,7 @@ pub fn run(args: WorkArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let summary = runtime.block_on(async {
         let (queue, stores) = adapters(&args).await?;
-        let worker = Worker::new(stores, config);
+        let worker = with_cdn_from_config(Worker::new(stores, config), &settings_from_env()).await;
         let runner = Runner::new(queue, worker, options);
         runner
             .run(shutdown_signal())

@@ -30,7 +30,9 @@ use edgethumb::edge::{BucketLocation, EdgeConfig, EdgeHandler, EdgeOutcome, Orig
 use edgethumb::metrics::{self, MetricsSink, Observation, Registry};
 use edgethumb::queue::JobQueue;
 use edgethumb::store::{Object, ObjectInfo, ObjectStore, StoreError};
+use edgethumb::variant::VariantKey;
 use edgethumb::viewer::{ViewerGuard, ViewerOutcome};
+use edgethumb::worker::process::meta;
 
 /// The `/` page: plain HTML and JS, no build step, compiled into the binary.
 const PAGE_HTML: &str = include_str!("page.html");
@@ -61,12 +63,13 @@ const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "gif"];
 
 /// The variants the page shows for each original (its grid) without a `list` guard. Every
 /// one is a real request: the first a miss rendered by the edge handler, later ones hits.
-const PAGE_GRID: [&str; 10] = [
+const PAGE_GRID: [&str; 11] = [
     "160w.jpg",
     "160w.webp",
     "160w.png",
     "320w.jpg",
     "320w.webp",
+    "320w.avif",
     "320w.png",
     "640w.jpg",
     "640w.webp",
@@ -482,9 +485,15 @@ async fn answer_object(
         Ok(key) => key,
         Err(refusal) => return with_total_timing(key_refusal(app, &refusal), started),
     };
-    let response = match lookup(app, &key, &request_headers).await {
-        Ok(Some(hit)) => hit,
-        Ok(None) => miss(app, &method, &path).await,
+    let response = match is_stale_variant(app, &key).await {
+        // Rendered from a replaced or deleted original: answered as a miss (a fresh render
+        // from the current original, or its 404), whose job rewrites the stored copy.
+        Ok(true) => miss(app, &method, &path).await,
+        Ok(false) => match lookup(app, &key, &request_headers).await {
+            Ok(Some(hit)) => hit,
+            Ok(None) => miss(app, &method, &path).await,
+            Err(error) => store_error(app, &key, &error),
+        },
         Err(error) => store_error(app, &key, &error),
     };
     with_total_timing(response, started)
@@ -522,6 +531,29 @@ fn store_error(app: &App, key: &str, error: &StoreError) -> Response {
     };
     warn!(event = "serve.store_failed", key, error = %error);
     app.error(status, &error.to_string())
+}
+
+/// Whether `key` is a variant we wrote from an original that has since been replaced or
+/// deleted. Deployed, S3's event makes the worker rewrite it and invalidate CloudFront; a
+/// folder only tells `watch` at its next poll, so each request checks (two HEADs) and the
+/// next request after a replacement already shows the new picture. Objects without our
+/// `original-etag` (hand-made `key@…` files) are served as they are.
+async fn is_stale_variant(app: &App, key: &str) -> Result<bool, StoreError> {
+    let Ok(variant) = VariantKey::parse(key) else {
+        return Ok(false);
+    };
+    let Some(info) = app.store.head(key).await? else {
+        return Ok(false);
+    };
+    let Some(recorded) = info.metadata.get(meta::ORIGINAL_ETAG) else {
+        return Ok(false);
+    };
+    let original = app.store.head(&variant.original_key).await?;
+    let stale = original.and_then(|o| o.etag).as_ref() != Some(recorded);
+    if stale {
+        debug!(event = "serve.stale_variant", key);
+    }
+    Ok(stale)
 }
 
 /// The hit path: `Ok(None)` when the key is not in the store.

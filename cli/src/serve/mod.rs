@@ -18,6 +18,7 @@
 pub mod app;
 pub mod demo;
 pub mod keys;
+pub mod watch;
 
 use std::future::{Future, IntoFuture};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,9 @@ pub struct ServeSetup {
     pub run_worker: bool,
     /// The viewer-request rules (`--viewer-settings`; [`ViewerGuard::Open`] by default).
     pub viewer: ViewerGuard,
+    /// Poll the store for replaced or deleted originals this often ([`watch`]): a folder
+    /// has no event notifications. `None` for S3, whose notifications reach the queue.
+    pub watch: Option<Duration>,
 }
 
 /// The edge settings `serve` runs the handler with: the defaults of `edgethumb.json`, so
@@ -153,6 +157,7 @@ pub async fn run(
         worker,
         run_worker,
         viewer,
+        watch,
     } = setup;
     let bucket = origin_bucket_name(&bucket);
     let app = Arc::new(App::new(
@@ -170,6 +175,15 @@ pub async fn run(
             worker,
             app.metrics(),
             stop_rx,
+        ))
+    });
+    let watch_task = watch.map(|interval| {
+        tokio::spawn(watch::run(
+            store.clone(),
+            queue.clone(),
+            bucket.clone(),
+            interval,
+            stop_tx.subscribe(),
         ))
     });
     if let Ok(addr) = listener.local_addr() {
@@ -200,6 +214,11 @@ pub async fn run(
     );
     // The receiver may be gone if the worker ended on its own; nothing to tell then.
     let _ = stop_tx.send(true);
+    if let Some(task) = watch_task
+        && let Err(error) = task.await
+    {
+        warn!(event = "serve.watch_failed", error = %error);
+    }
     if let Some(task) = worker_task {
         match tokio::time::timeout(SHUTDOWN_GRACE, task).await {
             Ok(Ok(())) => info!(event = "serve.worker_stopped"),

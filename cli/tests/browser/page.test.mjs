@@ -98,7 +98,7 @@ async function main() {
     });
     const cells = await page.$$eval("#grid .cell", (cs) =>
       cs.map((c) => ({ params: c.dataset.params, w: +c.dataset.width, h: +c.dataset.height, bytes: +c.dataset.bytes })));
-    const expected = { "160w.jpg": [160, 100], "320w.webp": [320, 200], "640w.jpg": [640, 400], "200w_200h_1e_1c.webp": [200, 200] };
+    const expected = { "160w.jpg": [160, 100], "320w.webp": [320, 200], "320w.avif": [320, 200], "640w.jpg": [640, 400], "200w_200h_1e_1c.webp": [200, 200] };
     for (const [params, [w, h]] of Object.entries(expected)) {
       const cell = cells.find((c) => c.params === params) || fail(`no grid cell ${params}`);
       if (cell.w !== w || cell.h !== h) fail(`${params}: ${cell.w}×${cell.h}, expected ${w}×${h}`);

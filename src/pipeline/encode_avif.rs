@@ -1,0 +1,399 @@
+//! AVIF encoding (and decoding our own output back) with libavif over libaom.
+//!
+//! Why libaom: measured on the kit's photos at 400 px (docs/benchmarks.md, "AVIF encoder
+//! choice"), libaom at speed 8 encodes in about half the CPU of rav1e at its fastest speed,
+//! for ~25 % fewer bytes at the same quantizer; SVT-AV1 is tuned for video sizes. libavif
+//! does the container (ispe, pixi, colr, alpha auxiliary image), the RGB→YUV conversion
+//! and, for the worker's quality search, the decode.
+//!
+//! - `quality` is on the URL's JPEG-like scale: [`libavif_quality`] maps it so that `80q`
+//!   gives about the SSIMULACRA2 score of a q80 JPEG (one measured table per profile).
+//! - `fast` (edge) and `best` (worker) differ in libaom's settings: [`AvifSettings`].
+//! - 8-bit 4:2:0 (4:0:0 for gray images); colour signalled as sRGB (BT.709 primaries, sRGB
+//!   transfer, BT.601 matrix, full range: what browsers assume for JPEG and WebP, so the
+//!   three formats look alike); alpha kept as an auxiliary image; no EXIF, XMP or ICC.
+
+use std::ffi::CStr;
+use std::ptr;
+
+use libavif_sys as avif;
+
+use super::Profile;
+
+/// Chroma sampling of colour images (gray ones are always 4:0:0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chroma {
+    Yuv420,
+    Yuv444,
+}
+
+/// libaom settings of one profile. Public so `examples/avif_sweep.rs` can measure others.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AvifSettings {
+    /// libaom `cpu-used` (0 slowest … 9; 10 is a real-time preset).
+    pub speed: i32,
+    pub chroma: Chroma,
+    /// libaom codec options (`key=value`, as `aomenc --key=value`).
+    pub options: &'static [(&'static str, &'static str)],
+    /// `(JPEG-like q, libavif quality)` pairs with the same mean SSIMULACRA2 at these
+    /// settings, linear in between: see [`libavif_quality`].
+    pub quality_map: &'static [(u8, u8)],
+}
+
+impl AvifSettings {
+    /// Measured with `examples/avif_sweep` on the kit's twelve photos at 400 px (bytes at
+    /// equal mean SSIMULACRA2; docs/benchmarks.md, "AVIF encoder settings"):
+    /// - `fast` (edge): speed 8, 4:2:0, ~20 ms a 400 px thumbnail. Speed 9 is 4× faster but
+    ///   ~8 % bigger; 4:4:4 costs 15 % more CPU for a few % the edge's short-lived copy
+    ///   does not need.
+    /// - `best` (worker): speed 5, 4:4:4. 4:4:4 is 1–3 % smaller than 4:2:0 at equal mean
+    ///   score and lifts the worst images most (SSIMULACRA2 weighs chroma detail), speed 5
+    ///   is ~8 % smaller than speed 6 for 4× its CPU, and speed 4 no smaller than 5. libaom's
+    ///   options (tune, aq-mode, deltaq-mode 3, chroma delta-q, quantiser matrices,
+    ///   sharpness) changed bytes at equal score by under 1 % or made them worse.
+    pub fn for_profile(profile: Profile) -> AvifSettings {
+        match profile {
+            Profile::Fast => AvifSettings {
+                speed: 8,
+                chroma: Chroma::Yuv420,
+                options: &[],
+                quality_map: &[
+                    (1, 1),
+                    (30, 40),
+                    (50, 51),
+                    (70, 59),
+                    (80, 67),
+                    (90, 81),
+                    (100, 90),
+                ],
+            },
+            Profile::Best => AvifSettings {
+                speed: 5,
+                chroma: Chroma::Yuv444,
+                options: &[],
+                quality_map: &[
+                    (1, 1),
+                    (30, 34),
+                    (50, 43),
+                    (70, 51),
+                    (80, 57),
+                    (90, 70),
+                    (100, 88),
+                ],
+            },
+        }
+    }
+}
+
+/// The libavif quality (0–100) for a JPEG-like `q` under `map`: so that `80q` gives about
+/// the SSIMULACRA2 of a q80 mozjpeg JPEG (measured means over the kit's photos, mozjpeg
+/// `best` at 400 px: q30 52.9, q50 66.0, q70 74.3, q80 79.1, q90 84.8).
+pub fn libavif_quality(q: u8, map: &[(u8, u8)]) -> i32 {
+    let q = q.clamp(1, 100);
+    for pair in map.windows(2) {
+        let ((q0, a0), (q1, a1)) = (pair[0], pair[1]);
+        if q <= q1 {
+            let span = f64::from(q1.saturating_sub(q0)).max(1.0);
+            let t = f64::from(q.saturating_sub(q0)) / span;
+            return (f64::from(a0) + t * (f64::from(a1) - f64::from(a0))).round() as i32;
+        }
+    }
+    map.last().map_or(i32::from(q), |&(_, a)| i32::from(a))
+}
+
+/// Owns the libavif objects of one encode or decode; frees them on every path.
+struct Handles {
+    image: *mut avif::avifImage,
+    encoder: *mut avif::avifEncoder,
+    decoder: *mut avif::avifDecoder,
+    output: avif::avifRWData,
+}
+
+impl Handles {
+    fn new() -> Handles {
+        Handles {
+            image: ptr::null_mut(),
+            encoder: ptr::null_mut(),
+            decoder: ptr::null_mut(),
+            output: avif::avifRWData::default(),
+        }
+    }
+}
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        // SAFETY: each pointer is null or owned by us and created by the matching libavif
+        // constructor; the RW data is empty or allocated by libavif.
+        unsafe {
+            if !self.image.is_null() {
+                avif::avifImageDestroy(self.image);
+            }
+            if !self.encoder.is_null() {
+                avif::avifEncoderDestroy(self.encoder);
+            }
+            if !self.decoder.is_null() {
+                avif::avifDecoderDestroy(self.decoder);
+            }
+            avif::avifRWDataFree(&mut self.output);
+        }
+    }
+}
+
+fn check(result: avif::avifResult, what: &str) -> Result<(), String> {
+    if result == avif::AVIF_RESULT_OK {
+        return Ok(());
+    }
+    // SAFETY: avifResultToString returns a static NUL-terminated string for any value.
+    let text = unsafe { CStr::from_ptr(avif::avifResultToString(result)) };
+    Err(format!("libavif {what}: {}", text.to_string_lossy()))
+}
+
+/// Interleaved 8-bit pixels to encode: `channels` is 1 (gray), 2 (gray+alpha), 3 (RGB) or
+/// 4 (RGBA).
+pub struct AvifInput<'a> {
+    pub pixels: &'a [u8],
+    pub width: u32,
+    pub height: u32,
+    pub channels: usize,
+}
+
+/// Encode at a JPEG-like `quality` (see [`libavif_quality`]) with `profile`'s settings.
+pub fn encode(input: &AvifInput<'_>, quality: u8, profile: Profile) -> Result<Vec<u8>, String> {
+    let settings = AvifSettings::for_profile(profile);
+    encode_with(
+        input,
+        libavif_quality(quality, settings.quality_map),
+        &settings,
+    )
+}
+
+/// Encode at libavif's own `quality` (0–100) with explicit settings.
+pub fn encode_with(
+    input: &AvifInput<'_>,
+    quality: i32,
+    settings: &AvifSettings,
+) -> Result<Vec<u8>, String> {
+    let (w, h, channels) = (input.width, input.height, input.channels);
+    if !(1..=4).contains(&channels) {
+        return Err(format!("unsupported channel count {channels}"));
+    }
+    let count = w as usize * h as usize;
+    if count == 0 || input.pixels.len() < count * channels {
+        return Err("pixel buffer too small".to_string());
+    }
+    let gray = channels <= 2;
+    let has_alpha = channels == 2 || channels == 4;
+    let mut handles = Handles::new();
+    let yuv_format = match (gray, settings.chroma) {
+        (true, _) => avif::AVIF_PIXEL_FORMAT_YUV400,
+        (false, Chroma::Yuv420) => avif::AVIF_PIXEL_FORMAT_YUV420,
+        (false, Chroma::Yuv444) => avif::AVIF_PIXEL_FORMAT_YUV444,
+    };
+    // SAFETY: plain constructor; a null result is handled below.
+    handles.image = unsafe { avif::avifImageCreate(w, h, 8, yuv_format) };
+    if handles.image.is_null() {
+        return Err("libavif could not create an image".to_string());
+    }
+    // SAFETY: image is non-null and exclusively ours until destroyed.
+    let image = unsafe { &mut *handles.image };
+    image.colorPrimaries = avif::AVIF_COLOR_PRIMARIES_BT709 as _;
+    image.transferCharacteristics = avif::AVIF_TRANSFER_CHARACTERISTICS_SRGB as _;
+    image.matrixCoefficients = avif::AVIF_MATRIX_COEFFICIENTS_BT601 as _;
+    image.yuvRange = avif::AVIF_RANGE_FULL;
+    if gray {
+        write_gray(image, input, has_alpha)?;
+    } else {
+        write_rgb(image, input, has_alpha)?;
+    }
+    // SAFETY: plain constructor; a null result is handled below.
+    handles.encoder = unsafe { avif::avifEncoderCreate() };
+    if handles.encoder.is_null() {
+        return Err("libavif could not create an encoder".to_string());
+    }
+    // SAFETY: encoder is non-null and exclusively ours until destroyed.
+    let encoder = unsafe { &mut *handles.encoder };
+    encoder.codecChoice = avif::AVIF_CODEC_CHOICE_AOM;
+    encoder.maxThreads = 1;
+    encoder.speed = settings.speed;
+    encoder.quality = quality.clamp(0, 100);
+    for (key, value) in settings.options {
+        let key = std::ffi::CString::new(*key).map_err(|e| e.to_string())?;
+        let value = std::ffi::CString::new(*value).map_err(|e| e.to_string())?;
+        // SAFETY: the encoder is valid; libavif copies both strings.
+        let set = unsafe {
+            avif::avifEncoderSetCodecSpecificOption(handles.encoder, key.as_ptr(), value.as_ptr())
+        };
+        check(set, "codec option")?;
+    }
+    // Alpha edges show against any background: keep them near-lossless, as WebP does.
+    encoder.qualityAlpha = 90.max(encoder.quality);
+    // SAFETY: image and encoder are valid; output is an empty RW buffer libavif fills.
+    let written =
+        unsafe { avif::avifEncoderWrite(handles.encoder, handles.image, &mut handles.output) };
+    check(written, "encode")?;
+    if handles.output.data.is_null() || handles.output.size == 0 {
+        return Err("libavif wrote nothing".to_string());
+    }
+    // SAFETY: libavif holds `size` bytes at `data` until avifRWDataFree.
+    Ok(unsafe { std::slice::from_raw_parts(handles.output.data, handles.output.size).to_vec() })
+}
+
+/// RGB(A) into the image through libavif's converter (BT.601 matrix, full range).
+fn write_rgb(
+    image: &mut avif::avifImage,
+    input: &AvifInput<'_>,
+    has_alpha: bool,
+) -> Result<(), String> {
+    let mut rgb = avif::avifRGBImage::default();
+    // SAFETY: rgb is a plain struct; the defaults come from the valid image.
+    unsafe { avif::avifRGBImageSetDefaults(&mut rgb, image) };
+    rgb.format = if has_alpha {
+        avif::AVIF_RGB_FORMAT_RGBA
+    } else {
+        avif::AVIF_RGB_FORMAT_RGB
+    };
+    rgb.depth = 8;
+    rgb.rowBytes = input.width * input.channels as u32;
+    // libavif only reads through this pointer during the conversion (it is `*mut` in the
+    // C struct because the same type is used for decoding into).
+    rgb.pixels = input.pixels.as_ptr().cast_mut();
+    // SAFETY: rgb describes `height` rows of `rowBytes` readable bytes (checked by the
+    // caller); the image planes are allocated by the call.
+    check(
+        unsafe { avif::avifImageRGBToYUV(image, &rgb) },
+        "RGB to YUV",
+    )
+}
+
+/// Gray(+alpha) straight into the Y (and alpha) plane: no conversion needed for 4:0:0.
+fn write_gray(
+    image: &mut avif::avifImage,
+    input: &AvifInput<'_>,
+    has_alpha: bool,
+) -> Result<(), String> {
+    let planes = if has_alpha {
+        avif::AVIF_PLANES_YUV | avif::AVIF_PLANES_A
+    } else {
+        avif::AVIF_PLANES_YUV
+    };
+    // SAFETY: the image is valid; libavif allocates planes of its own size.
+    let allocated = unsafe { avif::avifImageAllocatePlanes(image, planes as _) };
+    check(allocated, "allocate planes")?;
+    let (w, h) = (input.width as usize, input.height as usize);
+    let channels = input.channels;
+    for y in 0..h {
+        let row = &input.pixels[y * w * channels..(y + 1) * w * channels];
+        // SAFETY: the Y plane has `h` rows of `yuvRowBytes[0]` ≥ `w` bytes.
+        let luma = unsafe {
+            std::slice::from_raw_parts_mut(
+                image.yuvPlanes[0].add(y * image.yuvRowBytes[0] as usize),
+                w,
+            )
+        };
+        for (out, px) in luma.iter_mut().zip(row.chunks_exact(channels)) {
+            *out = px[0];
+        }
+        if has_alpha {
+            // SAFETY: the alpha plane was allocated above with `h` rows of
+            // `alphaRowBytes` ≥ `w` bytes.
+            let alpha = unsafe {
+                std::slice::from_raw_parts_mut(
+                    image.alphaPlane.add(y * image.alphaRowBytes as usize),
+                    w,
+                )
+            };
+            for (out, px) in alpha.iter_mut().zip(row.chunks_exact(channels)) {
+                *out = px[1];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `data` starts like an AVIF file: an ISO-BMFF `ftyp` box whose major brand is
+/// `avif` or `avis`.
+pub fn is_avif(data: &[u8]) -> bool {
+    data.len() >= 12
+        && &data[4..8] == b"ftyp"
+        && (&data[8..12] == b"avif" || &data[8..12] == b"avis")
+}
+
+/// Pixels decoded from one of our AVIF files: 8-bit RGB or RGBA, interleaved.
+pub struct DecodedAvif {
+    pub pixels: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub has_alpha: bool,
+}
+
+/// Decode an AVIF (the worker scores its own candidates with this). Bounded: libavif's
+/// default limits (image size limit 16384×16384, dimension limit 32768) apply.
+pub fn decode(data: &[u8]) -> Result<DecodedAvif, String> {
+    let mut handles = Handles::new();
+    // SAFETY: plain constructors; null results are handled below.
+    unsafe {
+        handles.decoder = avif::avifDecoderCreate();
+        handles.image = avif::avifImageCreateEmpty();
+    }
+    if handles.decoder.is_null() || handles.image.is_null() {
+        return Err("libavif could not create a decoder".to_string());
+    }
+    // SAFETY: decoder is non-null and ours.
+    unsafe { (*handles.decoder).maxThreads = 1 };
+    // SAFETY: decoder and image are valid; `data` outlives the call.
+    let read = unsafe {
+        avif::avifDecoderReadMemory(handles.decoder, handles.image, data.as_ptr(), data.len())
+    };
+    check(read, "decode")?;
+    // SAFETY: the decode succeeded, so the image is filled in.
+    let image = unsafe { &*handles.image };
+    let has_alpha = !image.alphaPlane.is_null();
+    let mut rgb = avif::avifRGBImage::default();
+    // SAFETY: rgb is a plain struct; the defaults come from the decoded image.
+    unsafe { avif::avifRGBImageSetDefaults(&mut rgb, image) };
+    rgb.depth = 8;
+    rgb.format = if has_alpha {
+        avif::AVIF_RGB_FORMAT_RGBA
+    } else {
+        avif::AVIF_RGB_FORMAT_RGB
+    };
+    let channels = if has_alpha { 4 } else { 3 };
+    rgb.rowBytes = image.width * channels;
+    let mut pixels = vec![0u8; rgb.rowBytes as usize * image.height as usize];
+    rgb.pixels = pixels.as_mut_ptr();
+    // SAFETY: `pixels` holds height rows of rowBytes bytes and outlives the call.
+    let converted = unsafe { avif::avifImageYUVToRGB(image, &mut rgb) };
+    check(converted, "YUV to RGB")?;
+    Ok(DecodedAvif {
+        pixels,
+        width: image.width,
+        height: image.height,
+        has_alpha,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quality_maps_are_monotone_and_keep_their_anchors() {
+        for profile in [Profile::Fast, Profile::Best] {
+            let map = AvifSettings::for_profile(profile).quality_map;
+            assert_eq!(map.first().map(|p| p.0), Some(1));
+            assert_eq!(map.last().map(|p| p.0), Some(100));
+            let mut last = 0;
+            for q in 1..=100u8 {
+                let a = libavif_quality(q, map);
+                assert!(a >= last, "{profile:?}: q{q} → {a} after {last}");
+                assert!((1..=100).contains(&a));
+                last = a;
+            }
+            for &(q, a) in map {
+                assert_eq!(libavif_quality(q, map), i32::from(a));
+            }
+        }
+        // Between anchors: linear.
+        assert_eq!(libavif_quality(40, &[(1, 1), (30, 30), (50, 50)]), 40);
+    }
+}
