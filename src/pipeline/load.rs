@@ -143,7 +143,7 @@ pub enum Stage {
 
 /// The load step of [`super::STEPS`]: the image state every later step works on.
 pub(crate) fn step(work: &mut super::Work) -> Result<(), PipelineError> {
-    let (format, image, stage) = load(
+    let (format, image, stage, full_resolution) = load(
         work.source,
         work.params,
         work.limits,
@@ -153,19 +153,20 @@ pub(crate) fn step(work: &mut super::Work) -> Result<(), PipelineError> {
     work.format = Some(format);
     work.image = Some(image);
     work.resized = stage == Stage::Resized;
+    work.full_resolution = full_resolution;
     Ok(())
 }
 
 /// Decode `data`; the result's size is the full size or a reduced one (never below
 /// [`shrink_floor`]), or, for JPEG and 8-bit PNG, already the planned output size
-/// ([`Stage::Resized`]).
+/// ([`Stage::Resized`]); the flag is true when the source was decoded at full resolution.
 pub fn load(
     data: &[u8],
     params: &Params,
     limits: &Limits,
     mode: Decode,
     deadline: &Deadline,
-) -> Result<(SourceFormat, ImageState, Stage), PipelineError> {
+) -> Result<(SourceFormat, ImageState, Stage, bool), PipelineError> {
     check_bytes(data, limits)?;
     let format = sniff(data)?;
     let floor = |w: u32, h: u32, orientation: u8| match mode {
@@ -174,19 +175,38 @@ pub fn load(
     };
     let decoded = |image| (image, Stage::Decoded);
     let plan = |w, h, orientation| resize_plan(w, h, orientation, params);
+    // Whether the decode was reduced (JPEG DCT scaling, WebP scaled decoding); PNG and GIF
+    // always decode in full.
+    let reduced = std::cell::Cell::new(false);
     let (image, stage) = match format {
         SourceFormat::Jpeg => load_jpeg::load(
             data,
             limits,
-            |hdr| floor(hdr.width, hdr.height, hdr.orientation),
+            |hdr| {
+                let f = floor(hdr.width, hdr.height, hdr.orientation);
+                if let Some(f) = f {
+                    reduced.set(load_jpeg::choose_scale_denom(hdr.width, hdr.height, f) > 1);
+                }
+                f
+            },
             |hdr| plan(hdr.width, hdr.height, hdr.orientation),
             deadline,
         )?,
         SourceFormat::Png => load_png::load(data, limits, plan, deadline)?,
-        SourceFormat::Webp => decoded(load_webp::load(data, limits, floor)?),
+        SourceFormat::Webp => {
+            let full = std::cell::Cell::new((0, 0));
+            let image = load_webp::load(data, limits, |w, h, orientation| {
+                full.set((w, h));
+                floor(w, h, orientation)
+            })?;
+            let (w, h) = full.get();
+            // Animated files take the first-frame path, which never asks (and never scales).
+            reduced.set(w > 0 && (image.width < w || image.height < h));
+            decoded(image)
+        }
         SourceFormat::Gif => decoded(load_gif::load(data, limits)?),
     };
-    Ok((format, image, stage))
+    Ok((format, image, stage, !reduced.get()))
 }
 
 #[cfg(test)]

@@ -143,6 +143,9 @@ pub struct Prepared {
     has_alpha: bool,
     /// The source was grayscale: encoders may write one channel (smaller, same pixels).
     gray: bool,
+    /// Decoded at full resolution (no shrink-on-load was worth it): then these are exactly
+    /// the pixels [`prepare_reference`] would make, see [`Self::is_full_resolution`].
+    full_resolution: bool,
 }
 
 /// Wall time of each preparation step.
@@ -164,6 +167,14 @@ impl Prepared {
 
     pub fn has_alpha(&self) -> bool {
         self.has_alpha
+    }
+
+    /// Whether the load decoded the source at full resolution (PNG and GIF always; JPEG and
+    /// WebP when the output is too close to the source size for a reduced decode). Then
+    /// [`prepare_reference`] would repeat the same steps on the same pixels, so the worker's
+    /// quality search uses this image as its own reference instead of decoding twice.
+    pub fn is_full_resolution(&self) -> bool {
+        self.full_resolution
     }
 
     /// Whether the source was grayscale (the pixels then have R = G = B).
@@ -252,6 +263,7 @@ pub fn decode_output(encoded: &[u8]) -> Result<Prepared, PipelineError> {
             pixels: decoded.pixels,
             has_alpha: decoded.has_alpha,
             gray: false,
+            full_resolution: true,
         });
     }
     let limits = Limits {
@@ -274,6 +286,8 @@ pub(crate) struct Work<'a> {
     pub image: Option<image::ImageState>,
     /// The load step resized the rows as they came, so the resize step has nothing to do.
     pub resized: bool,
+    /// Set by the load step: the source was decoded at full resolution.
+    pub full_resolution: bool,
 }
 
 impl Work<'_> {
@@ -340,6 +354,7 @@ fn run_steps(
         format: None,
         image: None,
         resized: false,
+        full_resolution: false,
     };
     let mut timings = StageTimings::default();
     for step in &STEPS {
@@ -368,6 +383,7 @@ fn run_steps(
         pixels,
         has_alpha,
         gray,
+        full_resolution: work.full_resolution,
     })
 }
 

@@ -382,8 +382,9 @@ pub fn render_sync(
 }
 
 /// The worker's encode of `prepared` (made from `source`): a reference only when the
-/// quality search will use it, then the `best` encode. Shared with `edgethumb render
-/// --tune`, which times the preparation separately.
+/// quality search will use it (`prepared` itself when it was decoded at full resolution),
+/// then the `best` encode. Shared with `edgethumb render --tune`, which times the
+/// preparation separately.
 pub fn encode_prepared(
     source: &[u8],
     prepared: &pipeline::Prepared,
@@ -391,15 +392,16 @@ pub fn encode_prepared(
     limits: &pipeline::Limits,
     tuning: &tuning::TuningConfig,
 ) -> Result<Choice, RenderFailure> {
-    let reference = if tuning::wants_reference(prepared, params) {
-        Some(pipeline::prepare_reference(source, params, limits)?)
-    } else {
+    // A full-resolution load already is the reference (same decode, same steps): decoding
+    // the source a second time would only repeat it.
+    let decoded;
+    let reference = if !tuning::wants_reference(prepared, params) {
         None
+    } else if prepared.is_full_resolution() {
+        Some(prepared)
+    } else {
+        decoded = pipeline::prepare_reference(source, params, limits)?;
+        Some(&decoded)
     };
-    Ok(tuning::encode_best(
-        prepared,
-        reference.as_ref(),
-        params,
-        tuning,
-    )?)
+    Ok(tuning::encode_best(prepared, reference, params, tuning)?)
 }

@@ -297,3 +297,43 @@ fn a_transparent_source_is_tuned_as_each_format_shows_it() {
         }
     }
 }
+
+#[test]
+fn a_full_resolution_load_is_exactly_the_reference() {
+    // The worker skips `prepare_reference` when the load already decoded in full: that is
+    // only sound if the two give the same pixels, and the flag is only useful if it is
+    // false whenever a reduced decode happened.
+    let limits = Limits::default();
+    let photo = pipeline::prepare(&photo_like(), &Params::default(), &limits).unwrap();
+    let encode = |format| {
+        photo
+            .encode(&EncodeSpec {
+                format,
+                quality: 90,
+                progressive: false,
+                profile: Profile::Best,
+            })
+            .unwrap()
+    };
+    let sources = [
+        ("png", photo_like()),
+        ("jpeg", encode(OutputFormat::Jpeg)),
+        ("webp", encode(OutputFormat::Webp)),
+    ];
+    // 480x360 sources: 320 px leaves no room for a reduced decode (it keeps 2x the output),
+    // 60 px does for JPEG and WebP.
+    for (name, source) in &sources {
+        for (spec, reducible) in [("320w.jpg", false), ("60w.jpg", *name != "png")] {
+            let params: Params = spec.parse().unwrap();
+            let prepared = pipeline::prepare(source, &params, &limits).unwrap();
+            let reference = pipeline::prepare_reference(source, &params, &limits).unwrap();
+            assert!(reference.is_full_resolution(), "{name} {spec}");
+            assert_eq!(prepared.is_full_resolution(), !reducible, "{name} {spec}");
+            if prepared.is_full_resolution() {
+                assert_eq!(prepared.pixels(), reference.pixels(), "{name} {spec}");
+            } else {
+                assert_ne!(prepared.pixels(), reference.pixels(), "{name} {spec}");
+            }
+        }
+    }
+}
