@@ -513,7 +513,8 @@ fn browser_page_shows_thumbnails() {
 /// Chrome's `Accept` for images (docs/edge.md, `.auto` table) and curl's.
 const CHROME_ACCEPT: &str = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
 /// Safari 16 takes WebP but not AVIF.
-const SAFARI16_ACCEPT: &str = "image/webp,image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5";
+const SAFARI16_ACCEPT: &str =
+    "image/webp,image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5";
 const CURL_ACCEPT: &str = "*/*";
 /// A signing secret for the tests (16+ bytes, as the settings require).
 const SECRET: &str = "test-secret-0123456789abcdef";
