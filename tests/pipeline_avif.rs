@@ -140,11 +140,9 @@ fn avif_is_upright_for_every_exif_orientation() {
     // Displayed 240×160 with a red top-left block; stored rotated (orientation 6 and 8
     // swap the sides).
     for orientation in [3u8, 6, 8] {
-        let (dw, dh) = (240u32, 160u32);
-        let (sw, sh) = if orientation >= 5 { (dh, dw) } else { (dw, dh) };
-        let display = marked_rgb(dw, dh);
-        let stored = rotate_for_exif(&display, dw, dh, orientation);
-        let source = jpeg(sw, sh, &stored, false, Some(orientation));
+        let display = marked_rgb(240, 160);
+        let (stored, sw, sh) = stored_for_display(&display, 240, 160, orientation);
+        let source = jpeg(sw as u32, sh as u32, &stored, false, Some(orientation));
         let out = render(&source, "120w.avif");
         let decoded = pillow_decode(&python, &out.bytes);
         assert_plain_avif(&decoded, 120, 80);
@@ -155,26 +153,6 @@ fn avif_is_upright_for_every_exif_orientation() {
             &format!("orientation {orientation}: red top-left"),
         );
     }
-}
-
-/// Stored pixels that display as `display` after EXIF `orientation` 3, 6 or 8.
-fn rotate_for_exif(display: &[u8], w: u32, h: u32, orientation: u8) -> Vec<u8> {
-    let (w, h) = (w as usize, h as usize);
-    let (sw, sh) = if orientation >= 5 { (h, w) } else { (w, h) };
-    let mut stored = vec![0u8; sw * sh * 3];
-    for y in 0..h {
-        for x in 0..w {
-            let (sx, sy) = match orientation {
-                3 => (sw - 1 - x, sh - 1 - y),
-                6 => (y, sh - 1 - x),
-                _ => (sw - 1 - y, x),
-            };
-            let d = (y * w + x) * 3;
-            let s = (sy * sw + sx) * 3;
-            stored[s..s + 3].copy_from_slice(&display[d..d + 3]);
-        }
-    }
-    stored
 }
 
 #[test]

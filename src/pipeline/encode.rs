@@ -47,16 +47,8 @@ pub fn encode(image: &Prepared, spec: &EncodeSpec) -> Result<Vec<u8>, PipelineEr
         )
         .map_err(failed),
         OutputFormat::Avif => {
-            let channels = image.pixels().len() / (w as usize * h as usize).max(1);
             // Gray sources keep one luma plane (4:0:0): no chroma to spend bits on.
-            let (pixels, channels): (Cow<'_, [u8]>, usize) = if image.is_gray() {
-                (
-                    Cow::Owned(gray_channels(image.pixels(), channels)),
-                    if channels == 4 { 2 } else { 1 },
-                )
-            } else {
-                (Cow::Borrowed(image.pixels()), channels)
-            };
+            let (pixels, channels) = packed_channels(image);
             let input = encode_avif::AvifInput {
                 pixels: &pixels,
                 width: w,
@@ -66,38 +58,35 @@ pub fn encode(image: &Prepared, spec: &EncodeSpec) -> Result<Vec<u8>, PipelineEr
             encode_avif::encode(&input, spec.quality, spec.profile).map_err(failed)
         }
         OutputFormat::Png => {
-            let channels = image.pixels().len() / (w as usize * h as usize).max(1);
-            let (pixels, channels): (Cow<'_, [u8]>, u8) = if image.is_gray() {
-                // Keep gray sources one (or two) channels wide: a third of the data.
-                (
-                    Cow::Owned(gray_channels(image.pixels(), channels)),
-                    if channels == 4 { 2 } else { 1 },
-                )
-            } else {
-                (Cow::Borrowed(image.pixels()), channels as u8)
-            };
+            // Keep gray sources one (or two) channels wide: a third of the data.
+            let (pixels, channels) = packed_channels(image);
             let input = encode_png::PngInput {
                 pixels: &pixels,
                 width: w,
                 height: h,
-                channels,
+                channels: channels as u8,
             };
             encode_png::encode(&input, spec.profile).map_err(failed)
         }
     }
 }
 
-/// Gray pixels stored as RGB(A) (`channels` 3 or 4) → gray (+ alpha), interleaved.
-fn gray_channels(pixels: &[u8], channels: usize) -> Vec<u8> {
-    let keep_alpha = channels == 4;
-    let mut gray = Vec::with_capacity(pixels.len() / channels.max(1) * (1 + keep_alpha as usize));
-    for p in pixels.chunks_exact(channels.max(1)) {
+/// The pixels as encoders that store gray compactly want them, with their channel count:
+/// RGB (3) or RGBA (4) as prepared, or for a gray source gray (1) or gray + alpha (2).
+fn packed_channels(image: &Prepared) -> (Cow<'_, [u8]>, usize) {
+    let channels = if image.has_alpha() { 4 } else { 3 };
+    if !image.is_gray() {
+        return (Cow::Borrowed(image.pixels()), channels);
+    }
+    let keep_alpha = image.has_alpha();
+    let mut gray = Vec::with_capacity(image.pixels().len() / channels * (1 + keep_alpha as usize));
+    for p in image.pixels().chunks_exact(channels) {
         gray.push(p[0]);
         if keep_alpha {
             gray.push(p[3]);
         }
     }
-    gray
+    (Cow::Owned(gray), 1 + keep_alpha as usize)
 }
 
 /// RGBA (straight alpha) → RGB over white.

@@ -171,21 +171,15 @@ impl Scorer {
         Ok(worst)
     }
 
-    /// Decode `encoded` with our own pipeline (no resize) and score it.
+    /// Decode `encoded` (one of our own outputs, [`pipeline::decode_output`]) and score it.
     pub fn score_encoded(&self, encoded: &[u8]) -> Result<f64, TuneError> {
-        let decoded = decode(encoded)?;
+        let decoded = pipeline::decode_output(encoded)?;
         self.score(&decoded)
     }
 }
 
 fn metric_error(e: fast_ssim2::Ssimulacra2Error) -> TuneError {
     TuneError::Metric(e.to_string())
-}
-
-/// Decode one of our own outputs back to pixels: the pipeline at 100 %, which for a file
-/// without orientation or ICC is a plain decode.
-fn decode(encoded: &[u8]) -> Result<Prepared, PipelineError> {
-    pipeline::decode_output(encoded)
 }
 
 /// The metric's view of packed 8-bit sRGB pixels.

@@ -37,6 +37,37 @@ pub fn gradient_rgb(w: u32, h: u32) -> Vec<u8> {
     px
 }
 
+/// The stored pixels of an image that *displays* as `display` (w×h RGB) once EXIF
+/// `orientation` is applied; follows the EXIF 2.32 definition of the eight values.
+pub fn stored_for_display(
+    display: &[u8],
+    w: usize,
+    h: usize,
+    orientation: u8,
+) -> (Vec<u8>, usize, usize) {
+    let (sw, sh) = if orientation >= 5 { (h, w) } else { (w, h) };
+    let mut stored = vec![0u8; sw * sh * 3];
+    for y in 0..h {
+        for x in 0..w {
+            // Where displayed (x, y) is stored.
+            let (sx, sy) = match orientation {
+                1 => (x, y),
+                2 => (sw - 1 - x, y),
+                3 => (sw - 1 - x, sh - 1 - y),
+                4 => (x, sh - 1 - y),
+                5 => (y, x),
+                6 => (y, sh - 1 - x),
+                7 => (sw - 1 - y, sh - 1 - x),
+                _ => (sw - 1 - y, x),
+            };
+            let d = (y * w + x) * 3;
+            let s = (sy * sw + sx) * 3;
+            stored[s..s + 3].copy_from_slice(&display[d..d + 3]);
+        }
+    }
+    (stored, sw, sh)
+}
+
 /// A JPEG (4:2:0) from RGB pixels, optionally progressive, with extra APP segments.
 pub fn jpeg(
     w: u32,
