@@ -11,7 +11,7 @@ use super::{Deadline, Limits, PipelineError, load_gif, load_jpeg, load_png, load
 /// resize target on either side, so the final Lanczos step always has at least 2× to work
 /// with; that is what keeps quality at or above a full decode + resize (see
 /// docs/benchmarks.md for the SSIMULACRA2 measurements that picked it).
-pub const SHRINK_MARGIN: f64 = 2.0;
+pub const SHRINK_MARGIN: u32 = 2;
 
 /// Source formats we decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +108,19 @@ pub fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), Pipe
 /// The smallest decoded size (stored orientation) shrink-on-load may produce for a source
 /// of `width`×`height` stored with EXIF `orientation`.
 pub fn shrink_floor(width: u32, height: u32, orientation: u8, params: &Params) -> (u32, u32) {
+    shrink_floor_with(width, height, orientation, params, SHRINK_MARGIN)
+}
+
+/// [`shrink_floor`] with another margin.
+fn shrink_floor_with(
+    width: u32,
+    height: u32,
+    orientation: u8,
+    params: &Params,
+    margin: u32,
+) -> (u32, u32) {
     let plan = resize_plan(width, height, orientation, params);
-    let need = |side: u32| (side as f64 * SHRINK_MARGIN).ceil() as u32;
+    let need = |side: u32| side.saturating_mul(margin);
     let (fw, fh) = (need(plan.resize.0), need(plan.resize.1));
     // Back to stored orientation.
     let (sw, sh) = oriented_size(fw, fh, orientation);
@@ -121,6 +132,9 @@ pub fn shrink_floor(width: u32, height: u32, orientation: u8, params: &Params) -
 pub enum Decode {
     /// Decode no larger than needed for `params` (the edge and worker path).
     Shrink,
+    /// Decode no smaller than `margin` times the output on either side: between
+    /// [`Decode::Shrink`] (`margin` [`SHRINK_MARGIN`]) and [`Decode::Full`].
+    ShrinkTo { margin: u32 },
     /// Full-resolution decode (the quality reference).
     Full,
 }
@@ -171,6 +185,7 @@ pub fn load(
     let format = sniff(data)?;
     let floor = |w: u32, h: u32, orientation: u8| match mode {
         Decode::Shrink => Some(shrink_floor(w, h, orientation, params)),
+        Decode::ShrinkTo { margin } => Some(shrink_floor_with(w, h, orientation, params, margin)),
         Decode::Full => None,
     };
     let decoded = |image| (image, Stage::Decoded);

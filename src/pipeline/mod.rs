@@ -49,8 +49,26 @@ pub enum Profile {
     /// Edge: baseline-speed encoder settings.
     #[default]
     Fast,
-    /// Worker: slower, smaller (trellis, optimised Huffman, WebP method 6, optimised PNG).
+    /// Worker: slower, smaller (trellis, optimised Huffman, WebP method 6, optimised PNG),
+    /// decoded at twice the edge's margin.
     Best,
+}
+
+impl Profile {
+    /// How much larger than the output shrink-on-load keeps the decode, on either side.
+    ///
+    /// The edge's 2× is as good as a full decode to the eye, and fast. The worker's
+    /// variant is the long-lived one and its quality search scores candidates against the
+    /// very pixels it encodes, so those pixels should be what a full decode would give: at
+    /// 4× they are (the search's choices land within a step of a full-decode reference's,
+    /// docs/benchmarks.md "Quality search cost"), and no second, full-size decode is needed
+    /// as the reference.
+    pub fn shrink_margin(self) -> u32 {
+        match self {
+            Profile::Fast => SHRINK_MARGIN,
+            Profile::Best => 2 * SHRINK_MARGIN,
+        }
+    }
 }
 
 /// Source limits, checked from the header before decoding.
@@ -143,8 +161,8 @@ pub struct Prepared {
     has_alpha: bool,
     /// The source was grayscale: encoders may write one channel (smaller, same pixels).
     gray: bool,
-    /// Decoded at full resolution (no shrink-on-load was worth it): then these are exactly
-    /// the pixels [`prepare_reference`] would make, see [`Self::is_full_resolution`].
+    /// Decoded at full resolution (no shrink-on-load was worth it), see
+    /// [`Self::is_full_resolution`].
     full_resolution: bool,
 }
 
@@ -170,9 +188,9 @@ impl Prepared {
     }
 
     /// Whether the load decoded the source at full resolution (PNG and GIF always; JPEG and
-    /// WebP when the output is too close to the source size for a reduced decode). Then
-    /// [`prepare_reference`] would repeat the same steps on the same pixels, so the worker's
-    /// quality search uses this image as its own reference instead of decoding twice.
+    /// WebP when the output is too close to the source size, by the profile's
+    /// [`Profile::shrink_margin`], for a reduced decode): then these are exactly the pixels
+    /// [`prepare_reference`] would make.
     pub fn is_full_resolution(&self) -> bool {
         self.full_resolution
     }
@@ -244,6 +262,34 @@ pub fn prepare_reference(
     limits: &Limits,
 ) -> Result<Prepared, PipelineError> {
     run_steps(source, params, limits, load::Decode::Full, Deadline::none())
+}
+
+/// [`prepare`] for `profile`: decoded no smaller than [`Profile::shrink_margin`] times the
+/// output on either side.
+pub fn prepare_for(
+    source: &[u8],
+    params: &Params,
+    limits: &Limits,
+    profile: Profile,
+) -> Result<Prepared, PipelineError> {
+    prepare_with_margin(source, params, limits, profile.shrink_margin())
+}
+
+/// [`prepare`], decoded no smaller than `margin` times the output on either side
+/// (`examples/search_reference` measures margins with it).
+pub fn prepare_with_margin(
+    source: &[u8],
+    params: &Params,
+    limits: &Limits,
+    margin: u32,
+) -> Result<Prepared, PipelineError> {
+    run_steps(
+        source,
+        params,
+        limits,
+        load::Decode::ShrinkTo { margin },
+        Deadline::none(),
+    )
 }
 
 /// Decode one of our own encodes back to pixels, for scoring: AVIF through libavif (it
@@ -412,7 +458,7 @@ pub fn render(
     limits: &Limits,
     profile: Profile,
 ) -> Result<Rendered, PipelineError> {
-    let prepared = prepare(source, params, limits)?;
+    let prepared = prepare_for(source, params, limits, profile)?;
     let spec = prepared.encode_spec(params, profile);
     let bytes = prepared.encode(&spec)?;
     Ok(Rendered {

@@ -377,31 +377,23 @@ pub fn render_sync(
     limits: &pipeline::Limits,
     tuning: &tuning::TuningConfig,
 ) -> Result<Choice, RenderFailure> {
-    let prepared = pipeline::prepare(source, params, limits)?;
-    encode_prepared(source, &prepared, params, limits, tuning)
+    let prepared = pipeline::prepare_for(source, params, limits, pipeline::Profile::Best)?;
+    encode_prepared(&prepared, params, tuning)
 }
 
-/// The worker's encode of `prepared` (made from `source`): a reference only when the
-/// quality search will use it (`prepared` itself when it was decoded at full resolution),
-/// then the `best` encode. Shared with `edgethumb render --tune`, which times the
-/// preparation separately.
+/// The worker's encode of `prepared` (made with [`pipeline::Profile::Best`]'s margin): the
+/// quality search scores its candidates against `prepared` itself, the pixels they were
+/// encoded from. Shared with `edgethumb render --tune`, which times the preparation
+/// separately.
 pub fn encode_prepared(
-    source: &[u8],
     prepared: &pipeline::Prepared,
     params: &Params,
-    limits: &pipeline::Limits,
     tuning: &tuning::TuningConfig,
 ) -> Result<Choice, RenderFailure> {
-    // A full-resolution load already is the reference (same decode, same steps): decoding
-    // the source a second time would only repeat it.
-    let decoded;
-    let reference = if !tuning::wants_reference(prepared, params) {
-        None
-    } else if prepared.is_full_resolution() {
-        Some(prepared)
-    } else {
-        decoded = pipeline::prepare_reference(source, params, limits)?;
-        Some(&decoded)
-    };
-    Ok(tuning::encode_best(prepared, reference, params, tuning)?)
+    Ok(tuning::encode_best(
+        prepared,
+        Some(prepared),
+        params,
+        tuning,
+    )?)
 }

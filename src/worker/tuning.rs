@@ -3,9 +3,10 @@
 //! A fixed `q` wastes bytes on easy images (smooth gradients, soft photos) and under-serves
 //! hard ones (noise, fine text). The worker has time the edge does not, so when the URL did
 //! not pin `q` it searches the encoder quality: every candidate is encoded with the `best`
-//! profile, decoded again and scored against a high-quality reference (full decode +
-//! Lanczos3 to the same size, [`crate::pipeline::prepare_reference`]), and the lowest
-//! quality that reaches the target wins. The search is bounded (default 6 encodes): it
+//! profile, decoded again and scored against the pixels it was encoded from (decoded at 4×
+//! the output, [`crate::pipeline::Profile::shrink_margin`], which scores within a few
+//! tenths of a full decode + Lanczos3, so no second decode is made as the reference), and
+//! the lowest quality that reaches the target wins. The search is bounded (default 6 encodes): it
 //! starts where the format's prior expects the answer, steps by the score gap over the
 //! slope, interpolates between the closest passing and failing qualities (the score is
 //! close to monotonic and smooth in `q`) and stops once they are one step apart.
@@ -223,14 +224,6 @@ fn flatten(image: &Prepared, bg: u8) -> Result<Cow<'_, [u8]>, TuneError> {
         }
         n => Err(TuneError::Metric(format!("unexpected {n} bytes per pixel"))),
     }
-}
-
-/// Whether the search would run for `prepared` (so a reference is worth making): a lossy
-/// format, no `q` in the URL, and an output small enough to score.
-pub fn wants_reference(prepared: &Prepared, params: &Params) -> bool {
-    params.output_format(prepared.source_format).is_lossy()
-        && params.quality.is_none()
-        && scoreable_size(prepared)
 }
 
 fn scoreable_size(prepared: &Prepared) -> bool {

@@ -165,15 +165,19 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     for _ in 0..args.repeat {
         let cpu_start = cpu_time();
         let start = Instant::now();
-        let prepared = pipeline::prepare(source, &params, &limits)
+        // `--tune` is the worker's render, so it decodes as the worker does.
+        let decode_profile = if tuning.is_some() {
+            Profile::Best
+        } else {
+            profile
+        };
+        let prepared = pipeline::prepare_for(source, &params, &limits, decode_profile)
             .with_context(|| format!("{}", input.display()))?;
         let prepared_at = Instant::now();
         let encode_spec = prepared.encode_spec(&params, profile);
         let (bytes, tuned) = if let Some(tuning) = &tuning {
-            let choice = edgethumb::worker::process::encode_prepared(
-                source, &prepared, &params, &limits, tuning,
-            )
-            .with_context(|| format!("{}", input.display()))?;
+            let choice = edgethumb::worker::process::encode_prepared(&prepared, &params, tuning)
+                .with_context(|| format!("{}", input.display()))?;
             let tuned = Tuned {
                 quality: choice.quality,
                 score: choice.score,
