@@ -97,6 +97,8 @@ WORKER_ACTIONS = {
     "s3:ListBucket",
     "s3:DeleteObject",
     "cloudfront:CreateInvalidation",
+    # A throttled invalidation, deferred to the render queue with a delay.
+    "sqs:SendMessage",
 }
 LOG_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 ALLOWED_MANAGED_POLICIES = {"AWSLambdaBasicExecutionRole"}

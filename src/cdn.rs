@@ -100,13 +100,104 @@ pub fn original_paths(key: &str) -> [String; 2] {
 /// `/photos/2024/*`, at worst `/*`): it invalidates more than needed, which only costs cache
 /// misses, but stays one wildcard path whatever the batch size.
 pub fn plan(keys: &[String]) -> Vec<String> {
-    let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    if keys.len() <= MAX_WILDCARD_PATHS_PER_REQUEST {
-        return keys.iter().flat_map(|k| original_paths(k)).collect();
+    Coverage::new(keys.iter().cloned(), std::iter::empty()).paths()
+}
+
+/// What one invalidation must cover: originals (each `/key` and `/key@*`) and directories
+/// (`/dir*`, what a collapsed plan keeps of many originals), always within the per-request
+/// budget. Unions of coverages are how deferred invalidations merge: a directory keeps what
+/// [`plan`] made of the originals it stands for, so a merge covers everything its parts
+/// covered and is never coarser than one plan of all their originals would be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage {
+    originals: std::collections::BTreeSet<String>,
+    /// Each ends in `/`, or is empty (the whole distribution).
+    directories: std::collections::BTreeSet<String>,
+}
+
+impl Coverage {
+    /// `directories` must each end in `/` or be empty; others are read as their directory.
+    pub fn new(
+        originals: impl IntoIterator<Item = String>,
+        directories: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut coverage = Coverage {
+            originals: originals.into_iter().collect(),
+            directories: directories
+                .into_iter()
+                .map(|d| match d.rfind('/') {
+                    Some(slash) => d[..=slash].to_string(),
+                    None => String::new(),
+                })
+                .collect(),
+        };
+        coverage.normalise();
+        coverage
     }
-    vec![format!("{}*", path_of(common_directory(&keys)))]
+
+    pub fn is_empty(&self) -> bool {
+        self.originals.is_empty() && self.directories.is_empty()
+    }
+
+    pub fn originals(&self) -> impl Iterator<Item = &str> {
+        self.originals.iter().map(String::as_str)
+    }
+
+    pub fn directories(&self) -> impl Iterator<Item = &str> {
+        self.directories.iter().map(String::as_str)
+    }
+
+    /// Everything `other` covers, added to this.
+    pub fn merge(&mut self, other: &Coverage) {
+        self.originals.extend(other.originals.iter().cloned());
+        self.directories.extend(other.directories.iter().cloned());
+        self.normalise();
+    }
+
+    /// The same paths' worth as one directory: the originals' and directories' longest common
+    /// directory (a message too big to carry every key carries this instead).
+    pub fn collapsed(&self) -> Coverage {
+        if self.is_empty() {
+            return Coverage::default();
+        }
+        let all: Vec<&str> = self.originals().chain(self.directories()).collect();
+        Coverage {
+            originals: Default::default(),
+            directories: [common_directory(&all).to_string()].into(),
+        }
+    }
+
+    /// Whether an invalidation of [`Coverage::paths`] makes `key`'s cached copies stale.
+    pub fn covers(&self, key: &str) -> bool {
+        self.originals.contains(key) || self.directories.iter().any(|d| key.starts_with(d.as_str()))
+    }
+
+    /// The request's paths: `/key` and `/key@*` per original, `/dir*` per directory.
+    pub fn paths(&self) -> Vec<String> {
+        self.originals
+            .iter()
+            .flat_map(|k| original_paths(k))
+            .chain(self.directories.iter().map(|d| format!("{}*", path_of(d))))
+            .collect()
+    }
+
+    /// Drop what a directory already covers; collapse to one directory when more entries
+    /// than [`MAX_WILDCARD_PATHS_PER_REQUEST`] are left (each entry is one wildcard).
+    fn normalise(&mut self) {
+        let directories: Vec<String> = self.directories.iter().cloned().collect();
+        let covered_by_other = |d: &String| {
+            directories
+                .iter()
+                .any(|other| other.len() < d.len() && d.starts_with(other.as_str()))
+        };
+        self.directories.retain(|d| !covered_by_other(d));
+        let directories = &self.directories;
+        self.originals
+            .retain(|k| !directories.iter().any(|d| k.starts_with(d.as_str())));
+        if self.originals.len() + self.directories.len() > MAX_WILDCARD_PATHS_PER_REQUEST {
+            *self = self.collapsed();
+        }
+    }
 }
 
 /// The longest common prefix of `keys` that ends in `/` (empty when they share none).
@@ -134,11 +225,74 @@ pub fn wildcard_count(paths: &[String]) -> usize {
     paths.iter().filter(|p| p.ends_with('*')).count()
 }
 
-/// An in-memory CDN that records every request (tests).
+/// CloudFront's per-distribution limits on invalidations in progress, as [`MemoryCdn`]
+/// enforces them (tests): a request that would take the paths in progress over either
+/// limit is refused with [`CdnError::Throttled`], like `TooManyInvalidationsInProgress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InProgressQuotas {
+    /// File (non-wildcard) paths in progress at once: [`MAX_PATHS_IN_PROGRESS`].
+    pub file_paths: usize,
+    /// Wildcard paths in progress at once: [`MAX_WILDCARD_PATHS_IN_PROGRESS`].
+    pub wildcard_paths: usize,
+    /// When an accepted invalidation stops counting against the quotas.
+    pub completion: Completion,
+}
+
+/// When a [`MemoryCdn`] invalidation completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Only when the test says so ([`MemoryCdn::complete_all`]).
+    Manual,
+    /// After this many later calls, accepted or not.
+    AfterCalls(usize),
+    /// After this long on tokio's clock (CloudFront: usually a minute or two), so a test
+    /// with a paused clock plays a bulk upload's minutes in no time.
+    After(std::time::Duration),
+}
+
+impl InProgressQuotas {
+    /// CloudFront's limits.
+    pub fn cloudfront(completion: Completion) -> Self {
+        InProgressQuotas {
+            file_paths: MAX_PATHS_IN_PROGRESS,
+            wildcard_paths: MAX_WILDCARD_PATHS_IN_PROGRESS,
+            completion,
+        }
+    }
+}
+
+/// An accepted invalidation not yet completed.
+#[derive(Debug, Clone)]
+struct InProgress {
+    files: usize,
+    wildcards: usize,
+    until_call: Option<usize>,
+    until: Option<tokio::time::Instant>,
+}
+
+impl InProgress {
+    fn done(&self, calls: usize, now: tokio::time::Instant) -> bool {
+        self.until_call.is_some_and(|until| calls > until) || self.until.is_some_and(|t| now >= t)
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemoryCdnState {
+    requests: Vec<Vec<String>>,
+    fail_with: Option<CdnError>,
+    quotas: Option<InProgressQuotas>,
+    in_progress: Vec<InProgress>,
+    calls: usize,
+    throttled: usize,
+    /// Most (file, wildcard) paths in progress at once, over the whole run.
+    peak: (usize, usize),
+}
+
+/// An in-memory CDN that records every accepted request (tests), and can fail on demand or
+/// enforce CloudFront's in-progress quotas.
 #[derive(Debug, Default)]
 pub struct MemoryCdn {
-    requests: Mutex<Vec<Vec<String>>>,
-    fail_with: Mutex<Option<CdnError>>,
+    state: Mutex<MemoryCdnState>,
 }
 
 impl MemoryCdn {
@@ -146,17 +300,45 @@ impl MemoryCdn {
         MemoryCdn::default()
     }
 
-    /// Every request so far, in order.
+    /// A CDN that refuses requests over `quotas`, as CloudFront does.
+    pub fn with_quotas(quotas: InProgressQuotas) -> Self {
+        let cdn = MemoryCdn::default();
+        cdn.lock().quotas = Some(quotas);
+        cdn
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryCdnState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every accepted request so far, in order.
     pub fn requests(&self) -> Vec<Vec<String>> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lock().requests.clone()
+    }
+
+    /// Requests so far, accepted or not.
+    pub fn calls(&self) -> usize {
+        self.lock().calls
+    }
+
+    /// Requests refused for the quotas.
+    pub fn throttled(&self) -> usize {
+        self.lock().throttled
+    }
+
+    /// The most (file, wildcard) paths that were in progress at once.
+    pub fn peak_in_progress(&self) -> (usize, usize) {
+        self.lock().peak
+    }
+
+    /// Every invalidation in progress completes now.
+    pub fn complete_all(&self) {
+        self.lock().in_progress.clear();
     }
 
     /// Make the following requests fail with `error` (`None`: succeed again).
     pub fn fail_with(&self, error: Option<CdnError>) {
-        *self.fail_with.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        self.lock().fail_with = error;
     }
 }
 
@@ -167,17 +349,46 @@ impl CdnInvalidator for MemoryCdn {
     }
 
     async fn invalidate(&self, paths: &[String]) -> Result<String, CdnError> {
-        if let Some(error) = self
-            .fail_with
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        let mut state = self.lock();
+        state.calls += 1;
+        let calls = state.calls;
+        let now = tokio::time::Instant::now();
+        state.in_progress.retain(|i| !i.done(calls, now));
+        if let Some(error) = state.fail_with.clone() {
             return Err(error);
         }
-        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        requests.push(paths.to_vec());
-        Ok(format!("memory-{}", requests.len()))
+        if let Some(quotas) = state.quotas {
+            let wildcards = wildcard_count(paths);
+            let files = paths.len() - wildcards;
+            let busy_files: usize = state.in_progress.iter().map(|i| i.files).sum();
+            let busy_wildcards: usize = state.in_progress.iter().map(|i| i.wildcards).sum();
+            if busy_files + files > quotas.file_paths
+                || busy_wildcards + wildcards > quotas.wildcard_paths
+            {
+                state.throttled += 1;
+                return Err(CdnError::Throttled {
+                    distribution: "memory".into(),
+                    message: format!(
+                        "TooManyInvalidationsInProgress: {busy_files} file and {busy_wildcards} wildcard paths in progress"
+                    ),
+                });
+            }
+            let (until_call, until) = match quotas.completion {
+                Completion::Manual => (None, None),
+                Completion::AfterCalls(n) => (Some(calls + n), None),
+                Completion::After(d) => (None, Some(now + d)),
+            };
+            state.in_progress.push(InProgress {
+                files,
+                wildcards,
+                until_call,
+                until,
+            });
+            let peak = (busy_files + files, busy_wildcards + wildcards);
+            state.peak = (state.peak.0.max(peak.0), state.peak.1.max(peak.1));
+        }
+        state.requests.push(paths.to_vec());
+        Ok(format!("memory-{}", state.requests.len()))
     }
 }
 
@@ -242,6 +453,83 @@ mod tests {
             );
             assert!(paths.len() <= MAX_PATHS_PER_REQUEST, "{n}");
         }
+    }
+
+    #[test]
+    fn coverages_merge_into_the_same_plan_as_their_originals() {
+        let keys = |r: std::ops::Range<usize>, dir: &str| -> Vec<String> {
+            r.map(|i| format!("{dir}{i}.jpg")).collect()
+        };
+        // Two small sets merge originals by originals while they fit.
+        let mut a = Coverage::new(keys(0..2, "p/"), []);
+        a.merge(&Coverage::new(keys(2..4, "p/"), []));
+        assert_eq!(a.paths(), plan(&keys(0..4, "p/")));
+        // A collapsed set merged with more originals plans like all the originals at once.
+        let many = keys(0..20, "bulk/a/");
+        let mut b = Coverage::new(many.clone(), []);
+        assert_eq!(b.paths(), ["/bulk/a/*"]);
+        b.merge(&Coverage::new(["bulk/b/1.jpg".to_string()], []));
+        // Two entries: the directory and the original, each precise.
+        assert_eq!(b.paths(), ["/bulk/b/1.jpg", "/bulk/b/1.jpg@*", "/bulk/a/*"]);
+        // Two collapsed sets stay two directories: never coarser than one plan of them all.
+        let mut c = Coverage::new(many.clone(), []);
+        c.merge(&Coverage::new(keys(0..6, "bulk/c/"), []));
+        assert_eq!(c.paths(), ["/bulk/a/*", "/bulk/c/*"]);
+        // Over five entries, the union collapses to what one plan of every original gives.
+        let mut all = many.clone();
+        all.extend(keys(0..5, "bulk/c/"));
+        let mut e = Coverage::new(many, []);
+        e.merge(&Coverage::new(keys(0..5, "bulk/c/"), []));
+        assert_eq!(e.paths(), plan(&all));
+        assert_eq!(e.paths(), ["/bulk/*"]);
+        assert!(all.iter().all(|k| e.covers(k) && c.covers(k)));
+        // What a directory covers is not listed again.
+        let d = Coverage::new(["x/y/1.jpg".to_string()], ["x/".to_string(), "x/y/".into()]);
+        assert_eq!(d.paths(), ["/x/*"]);
+        assert!(d.covers("x/y/1.jpg") && d.covers("x/z.jpg") && !d.covers("y.jpg"));
+        assert_eq!(
+            Coverage::new(["a b.jpg".to_string()], [])
+                .collapsed()
+                .paths(),
+            ["/*"]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_memory_cdn_enforces_the_in_progress_quotas() {
+        let cdn = MemoryCdn::with_quotas(InProgressQuotas {
+            file_paths: 4,
+            wildcard_paths: 3,
+            completion: Completion::Manual,
+        });
+        let wild = |n: usize| (0..n).map(|i| format!("/d{i}/*")).collect::<Vec<_>>();
+        let files = |n: usize| (0..n).map(|i| format!("/f{i}")).collect::<Vec<_>>();
+        cdn.invalidate(&wild(2)).await.unwrap();
+        cdn.invalidate(&files(4)).await.unwrap();
+        let err = cdn.invalidate(&wild(2)).await.unwrap_err();
+        assert!(matches!(err, CdnError::Throttled { .. }), "{err}");
+        assert!(
+            cdn.invalidate(&files(1)).await.is_err(),
+            "files are full too"
+        );
+        cdn.invalidate(&wild(1)).await.unwrap();
+        assert_eq!(cdn.peak_in_progress(), (4, 3));
+        cdn.complete_all();
+        cdn.invalidate(&wild(3)).await.unwrap();
+        assert_eq!(
+            (cdn.calls(), cdn.throttled(), cdn.requests().len()),
+            (6, 2, 4)
+        );
+
+        // Completion by calls: in progress for the next call, done after it.
+        let cdn = MemoryCdn::with_quotas(InProgressQuotas {
+            file_paths: 10,
+            wildcard_paths: 1,
+            completion: Completion::AfterCalls(1),
+        });
+        cdn.invalidate(&wild(1)).await.unwrap();
+        assert!(cdn.invalidate(&wild(1)).await.is_err());
+        cdn.invalidate(&wild(1)).await.unwrap();
     }
 
     #[tokio::test]

@@ -88,6 +88,7 @@ metrics! {
     WORKER_VARIANTS_REFRESHED = "worker", "VariantsRefreshed", Count, "Variants re-rendered because their original was replaced.";
     WORKER_VARIANTS_DELETED = "worker", "VariantsDeleted", Count, "Variants deleted because their original was deleted.";
     WORKER_INVALIDATION_PATHS = "worker", "InvalidationPaths", Count, "Paths sent to CloudFront, one CreateInvalidation per worker batch.";
+    WORKER_INVALIDATIONS_DEFERRED = "worker", "InvalidationsDeferred", Count, "Invalidations CloudFront throttled (TooManyInvalidationsInProgress), by Outcome: deferred (sent back to the queue with a delay, the records done), undeferred (the send failed: the records fail and come back), dropped (an invalidation message read without a distribution id).";
     SERVE_REQUESTS = "serve", "Requests", Count, "Requests `serve` answered, by Kind (hit, miss, original, page, error).";
 }
 

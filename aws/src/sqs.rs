@@ -12,8 +12,8 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntr
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use edgethumb::queue::{
-    DEFAULT_MAX_MESSAGE_BYTES, FailedEntry, JobQueue, MAX_BATCH, QueueError, ReceivedMessage,
-    check_message_size, clamp_receive_max,
+    DEFAULT_MAX_MESSAGE_BYTES, FailedEntry, JobQueue, MAX_BATCH, MAX_DELAY, QueueError,
+    ReceivedMessage, check_message_size, clamp_receive_max,
 };
 
 /// SQS long polling waits at most 20 s per call; longer waits are several calls.
@@ -254,6 +254,20 @@ impl JobQueue for SqsQueue {
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
+            .send()
+            .await
+            .map_err(|e| self.error("SendMessage", &e, None))?;
+        Ok(output.message_id.unwrap_or_default())
+    }
+
+    async fn send_delayed(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+        self.check_size(body)?;
+        let output = self
+            .client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(whole_seconds(delay, MAX_DELAY))
             .send()
             .await
             .map_err(|e| self.error("SendMessage", &e, None))?;

@@ -14,6 +14,7 @@ use edgethumb::worker::{BucketStores, ConfigError, Record, Worker, WorkerConfig}
 use crate::cloudfront::CloudFrontInvalidator;
 use crate::s3::S3Store;
 use crate::settings::AwsSettings;
+use crate::sqs::SqsQueue;
 
 /// One S3 client (the worker's region) shared by the store of every bucket a job names.
 #[derive(Clone)]
@@ -50,13 +51,32 @@ pub fn settings_from_env() -> AwsSettings {
     AwsSettings::new(region_from_env())
 }
 
-/// The Lambda worker: S3 from the environment, [`WorkerConfig::from_env`].
+/// The variable naming the render queue (the template sets it to the queue the Lambda
+/// reads): throttled invalidations are deferred to it. `edgethumb work` reads the same one
+/// for `--queue-url`.
+pub const QUEUE_URL_ENV: &str = "EDGETHUMB_QUEUE_URL";
+
+/// The Lambda worker: S3 from the environment, [`WorkerConfig::from_env`], and the render
+/// queue of [`QUEUE_URL_ENV`] for deferred invalidations.
 pub async fn lambda_worker_from_env() -> Result<Worker<S3Buckets>, ConfigError> {
     let config = WorkerConfig::from_env()?;
     let settings = settings_from_env();
     let client = settings.s3_client().await;
     // Metrics as CloudWatch EMF lines on stdout, beside the JSON logs.
-    let worker = Worker::new(S3Buckets::new(client), config).with_metrics(Arc::new(EmfStdout));
+    let mut worker = Worker::new(S3Buckets::new(client), config).with_metrics(Arc::new(EmfStdout));
+    match std::env::var(QUEUE_URL_ENV)
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+    {
+        Some(url) => {
+            let queue = SqsQueue::new(settings.sqs_client().await, url.trim());
+            worker = worker.with_deferral_queue(Arc::new(queue));
+        }
+        None => tracing::warn!(
+            event = "worker.start",
+            "no {QUEUE_URL_ENV}: an invalidation CloudFront throttles cannot be deferred, so it fails the records it covers (they come back, and may end in the DLQ)"
+        ),
+    }
     Ok(with_cdn_from_config(worker, &settings).await)
 }
 

@@ -206,6 +206,39 @@ async fn long_poll_returns_early(queue: &impl JobQueue) {
     );
 }
 
+/// A delayed message is not received before its delay and is received after it, as a
+/// first delivery; a message sent without delay meanwhile is not held up by it.
+async fn delayed_send_waits(queue: &impl JobQueue) {
+    let sent = Instant::now();
+    let id = queue
+        .send_delayed("deferred", Duration::from_secs(2))
+        .await
+        .unwrap();
+    queue.send("at once").await.unwrap();
+    let early = receive_n(queue, 1, LONG, Duration::from_secs(5)).await;
+    assert_eq!(early.len(), 1);
+    assert_eq!(early[0].body, "at once");
+    queue.ack(&early[0].receipt).await.unwrap();
+    // Polled until it comes: never before its delay is over.
+    let mut got = Vec::new();
+    while got.is_empty() && sent.elapsed() < Duration::from_secs(12) {
+        got = queue.receive(10, Duration::ZERO, LONG).await.unwrap();
+        if got.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let arrived = sent.elapsed();
+    assert_eq!(got.len(), 1, "the delayed message never came");
+    assert!(
+        arrived >= Duration::from_secs(2),
+        "received after {arrived:?}"
+    );
+    assert_eq!(got[0].id, id);
+    assert_eq!(got[0].body, "deferred");
+    assert_eq!(got[0].receive_count, 1);
+    queue.ack(&got[0].receipt).await.unwrap();
+}
+
 async fn invalid_receipt(queue: &impl JobQueue) {
     let err = queue.ack("not-a-receipt").await.unwrap_err();
     assert!(
@@ -229,7 +262,8 @@ macro_rules! queue_contract {
             use super::*;
             queue_contract!(@test $make, send_receive_ack, ack_deletes,
                 visibility_timeout_redelivers, extend_keeps_it_invisible, batch_of_23,
-                oversize_is_refused, long_poll_returns_early, invalid_receipt);
+                oversize_is_refused, long_poll_returns_early, delayed_send_waits,
+                invalid_receipt);
         }
     };
     (@test $make:expr, $($check:ident),+) => {
@@ -289,6 +323,36 @@ async fn local_survives_a_restart() {
         queue.ack(&m.receipt).await.unwrap();
     }
     assert_eq!(queue.counts().await.unwrap(), (0, 0));
+}
+
+/// A delay is a file like every other state: it survives a restart and still holds.
+#[tokio::test]
+async fn local_delay_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let sent = Instant::now();
+    {
+        let queue = LocalQueue::open(&spool).await.unwrap();
+        queue
+            .send_delayed("deferred", Duration::from_millis(800))
+            .await
+            .unwrap();
+    }
+    let queue = LocalQueue::open(&spool).await.unwrap();
+    assert!(
+        queue
+            .receive(10, Duration::ZERO, LONG)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let got = receive_n(&queue, 1, LONG, Duration::from_secs(5)).await;
+    assert!(sent.elapsed() >= Duration::from_millis(800));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].body.as_str(), got[0].receive_count),
+        ("deferred", 1)
+    );
 }
 
 /// Separate `LocalQueue` values share nothing in memory, so this is the same race as

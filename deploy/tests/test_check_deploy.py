@@ -442,9 +442,12 @@ def test_transformed_template_with_arm64_edge_is_refused(tmp_path, transformed):
 
 def test_worker_environment_names_are_ones_the_worker_reads(real):
     """A misspelt variable would be silently ignored (the worker keeps its default)."""
-    sources = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "src" / "worker").glob("*.rs"))
+    # The core's settings (src/worker) and the Lambda's wiring (aws/src/worker.rs: the queue
+    # that throttled invalidations are deferred to).
+    files = [*(ROOT / "src" / "worker").glob("*.rs"), ROOT / "aws" / "src" / "worker.rs"]
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in files)
     variables = real["Resources"]["WorkerFunction"]["Properties"]["Environment"]["Variables"]
     ours = [name for name in variables if name.startswith("EDGETHUMB_")]
     assert ours, variables
     for name in ours:
-        assert f'"{name}"' in sources, f"{name} is set on the worker but src/worker never reads it"
+        assert f'"{name}"' in sources, f"{name} is set on the worker but neither src/worker nor aws/src/worker.rs reads it"

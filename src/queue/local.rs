@@ -3,7 +3,7 @@
 //! One file per message, and every state change is a `rename`, which is atomic and which
 //! exactly one caller can win, so any number of threads or processes can share a spool:
 //!
-//! - `tmp/<id>`: being written (fsynced, then renamed to ready: a crash never leaves a
+//! - `tmp/<id>.…`: being written (fsynced, then renamed to ready or delayed: a crash never leaves a
 //!   partial message visible).
 //! - `ready/<id>.<count>`: visible; `count` is how many times it has been received.
 //! - `inflight/<id>.<count>.<deadline_ms>`: received and invisible until the deadline
@@ -11,11 +11,14 @@
 //!   `<id>.<count>`: a fresh one per receive, so a stale receipt can never ack a message
 //!   that has since been redelivered.
 //!
+//! - `delayed/<id>.<due_ms>`: sent with a delay ([`JobQueue::send_delayed`]), not receivable
+//!   before the wall-clock millisecond `due_ms`; a receive moves it to `ready/<id>.0` once
+//!   due. A file like the others, so a delay survives a restart.
 //! - `dead/<id>.<count>`: received `max_receive_count` times without an ack (SQS's redrive
 //!   to a dead-letter queue): kept for inspection, never delivered again, so a job that can
 //!   never succeed neither disappears nor circulates forever.
 //!
-//! Receive first moves expired in-flight messages back to ready (or to dead), then claims ready ones by
+//! Receive first moves due delayed messages and expired in-flight ones to ready (or to dead), then claims ready ones by
 //! renaming them to in-flight. Ack deletes the in-flight file; extend renames it with a new
 //! deadline. Delivery is at-least-once like SQS: a claim or ack lost in a crash means the
 //! message comes back, never that it is lost.
@@ -30,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::{
-    DEFAULT_MAX_MESSAGE_BYTES, FailedEntry, JobQueue, QueueError, ReceivedMessage,
+    DEFAULT_MAX_MESSAGE_BYTES, FailedEntry, JobQueue, MAX_DELAY, QueueError, ReceivedMessage,
     clamp_receive_max,
 };
 
@@ -133,7 +136,7 @@ impl LocalQueue {
     pub async fn open(root: impl Into<PathBuf>) -> Result<LocalQueue, QueueError> {
         let root = root.into();
         blocking(move || {
-            for dir in ["ready", "inflight", "tmp", "dead"] {
+            for dir in ["ready", "inflight", "tmp", "dead", "delayed"] {
                 let path = root.join(dir);
                 fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
             }
@@ -237,22 +240,63 @@ impl Inner {
     }
 
     fn send(&self, body: &str) -> Result<String, QueueError> {
-        self.check_size(body)?;
         let id = self.new_id();
-        let tmp = self.dir("tmp").join(&id);
-        let ready = self.dir("ready").join(format!("{id}.0"));
+        self.write(body, "ready", &format!("{id}.0"))?;
+        Ok(id)
+    }
+
+    /// A message receivable from `delay` from now: `delayed/<id>.<due_ms>`.
+    fn send_delayed(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+        let id = self.new_id();
+        let due = now_ms().saturating_add(duration_ms(delay.min(MAX_DELAY)));
+        self.write(body, "delayed", &format!("{id}.{due}"))?;
+        Ok(id)
+    }
+
+    /// Write `body` durably as `<dir>/<name>`: fsynced under `tmp/`, then renamed, so a crash
+    /// never leaves a partial message where a receive would find it.
+    fn write(&self, body: &str, dir: &str, name: &str) -> Result<(), QueueError> {
+        self.check_size(body)?;
+        let tmp = self.dir("tmp").join(name);
+        let to = self.dir(dir).join(name);
         let written = (|| {
             let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             file.write_all(body.as_bytes())?;
             file.sync_all()?;
-            fs::rename(&tmp, &ready)?;
-            File::open(self.dir("ready"))?.sync_all()
+            fs::rename(&tmp, &to)?;
+            File::open(self.dir(dir))?.sync_all()
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
-            return Err(io_error(&ready, e));
+            return Err(io_error(&to, e));
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// Move delayed messages whose time has come to ready, as never received.
+    fn promote_due(&self) -> Result<(), QueueError> {
+        let now = now_ms();
+        for name in self.names("delayed")? {
+            let Some((id, due)) = name
+                .rsplit_once('.')
+                .and_then(|(id, due)| Some((id, due.parse::<u64>().ok()?)))
+                .filter(|(id, _)| is_id(id))
+            else {
+                continue;
+            };
+            if due > now {
+                continue;
+            }
+            let from = self.dir("delayed").join(&name);
+            let to = self.dir("ready").join(format!("{id}.0"));
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                // Promoted by another receiver meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&from, e)),
+            }
+        }
+        Ok(())
     }
 
     fn sweep_stale_temps(&self) {
@@ -312,6 +356,7 @@ impl Inner {
         max: usize,
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        self.promote_due()?;
         self.reclaim_expired()?;
         let mut out = Vec::new();
         for name in self.names("ready")? {
@@ -423,6 +468,12 @@ impl JobQueue for LocalQueue {
         self.inner.check_size(body)?;
         let (inner, body) = (self.inner.clone(), body.to_string());
         blocking(move || inner.send(&body)).await
+    }
+
+    async fn send_delayed(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+        self.inner.check_size(body)?;
+        let (inner, body) = (self.inner.clone(), body.to_string());
+        blocking(move || inner.send_delayed(&body, delay)).await
     }
 
     async fn send_batch(&self, bodies: &[String]) -> Result<Vec<FailedEntry>, QueueError> {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    DEFAULT_MAX_MESSAGE_BYTES, FailedEntry, JobQueue, QueueError, ReceivedMessage,
+    DEFAULT_MAX_MESSAGE_BYTES, FailedEntry, JobQueue, MAX_DELAY, QueueError, ReceivedMessage,
     clamp_receive_max,
 };
 
@@ -89,6 +89,11 @@ impl MemoryQueue {
     }
 
     fn push(&self, body: &str) -> String {
+        self.push_at(body, Instant::now())
+    }
+
+    /// Queue `body`, invisible until `visible_at`.
+    fn push_at(&self, body: &str, visible_at: Instant) -> String {
         let mut state = self.lock();
         let seq = state.next_seq;
         state.next_seq += 1;
@@ -99,7 +104,7 @@ impl MemoryQueue {
                 id: id.clone(),
                 body: body.to_string(),
                 receive_count: 0,
-                visible_at: Instant::now(),
+                visible_at,
                 receipt: None,
             },
         );
@@ -152,6 +157,11 @@ impl JobQueue for MemoryQueue {
     async fn send(&self, body: &str) -> Result<String, QueueError> {
         self.check_size(body)?;
         Ok(self.push(body))
+    }
+
+    async fn send_delayed(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+        self.check_size(body)?;
+        Ok(self.push_at(body, Instant::now() + delay.min(MAX_DELAY)))
     }
 
     async fn send_batch(&self, bodies: &[String]) -> Result<Vec<FailedEntry>, QueueError> {
@@ -240,6 +250,34 @@ mod tests {
         ));
         q.ack(&again[0].receipt).await.unwrap();
         assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_message_waits_its_delay_and_no_longer_than_the_maximum() {
+        let q = MemoryQueue::new("q");
+        q.send_delayed("later", Duration::from_secs(60))
+            .await
+            .unwrap();
+        q.send_delayed("capped", Duration::from_secs(3600))
+            .await
+            .unwrap();
+        q.send("now").await.unwrap();
+        let receive = || q.receive(10, Duration::ZERO, Duration::from_secs(30));
+        let got = receive().await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body, "now");
+        q.ack(&got[0].receipt).await.unwrap();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(receive().await.unwrap().is_empty());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let got = receive().await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].body.as_str(), got[0].receive_count), ("later", 1));
+        q.ack(&got[0].receipt).await.unwrap();
+        tokio::time::advance(MAX_DELAY).await;
+        let got = receive().await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body, "capped");
     }
 
     #[tokio::test]

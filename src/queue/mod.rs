@@ -68,6 +68,10 @@ pub trait JobQueue: Send + Sync {
     fn name(&self) -> &str;
     /// Send one message; returns its id.
     async fn send(&self, body: &str) -> Result<String, QueueError>;
+    /// Send one message that no receive returns before `delay` has passed (SQS's
+    /// `DelaySeconds`; at most [`MAX_DELAY`], longer delays are clamped to it). The worker
+    /// defers a throttled CDN invalidation this way instead of failing the records it covers.
+    async fn send_delayed(&self, body: &str, delay: Duration) -> Result<String, QueueError>;
     /// Send many (10 per request for SQS), retrying only the failed entries; returns the
     /// entries that still failed. An error means nothing could be sent at all.
     async fn send_batch(&self, bodies: &[String]) -> Result<Vec<FailedEntry>, QueueError>;
@@ -93,6 +97,9 @@ impl<T: JobQueue + ?Sized> JobQueue for std::sync::Arc<T> {
     }
     async fn send(&self, body: &str) -> Result<String, QueueError> {
         (**self).send(body).await
+    }
+    async fn send_delayed(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
+        (**self).send_delayed(body, delay).await
     }
     async fn send_batch(&self, bodies: &[String]) -> Result<Vec<FailedEntry>, QueueError> {
         (**self).send_batch(bodies).await
@@ -127,6 +134,10 @@ pub fn check_message_size(body: &str, limit: usize) -> Result<(), QueueError> {
     }
     Ok(())
 }
+
+/// SQS's longest `DelaySeconds` (15 minutes); every adapter clamps a longer delay to it, so
+/// local mode delays exactly what production would.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
 
 /// SQS returns at most 10 messages per receive and takes at most 10 entries per batch.
 pub const MAX_BATCH: usize = 10;

@@ -22,13 +22,14 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::message::{Message, MessageError, StorageChange};
+use super::message::{DeferredInvalidation, Message, MessageError, StorageChange};
 use super::process::{self, KeyOutcome, MemoryGate, RenderFailure, RenderReport, RenderTask};
 use super::refresh::{self, RefreshReport};
 use super::{BucketStores, WorkerConfig};
-use crate::cdn::{self, CdnInvalidator};
+use crate::cdn::{self, CdnError, CdnInvalidator, Coverage};
 use crate::job::Job;
 use crate::metrics::{self, MetricsSink, NoMetrics, Observation};
+use crate::queue::{JobQueue, MAX_DELAY};
 use crate::variant::VariantKey;
 
 /// One queue message.
@@ -49,6 +50,9 @@ pub enum RecordOutcome {
     /// Done: an S3 event handled (its originals refreshed) or one with nothing to do.
     /// Delete the message.
     Event(EventOutcome),
+    /// Done: a deferred invalidation message, invalidated, deferred again or dropped.
+    /// Delete the message.
+    Invalidation(InvalidationOutcome),
     /// Not done: keep the message (it comes back, or goes to the DLQ).
     Failed {
         retryable: bool,
@@ -59,7 +63,10 @@ pub enum RecordOutcome {
 
 impl RecordOutcome {
     pub fn is_done(&self) -> bool {
-        matches!(self, RecordOutcome::Done(_) | RecordOutcome::Event(_))
+        matches!(
+            self,
+            RecordOutcome::Done(_) | RecordOutcome::Event(_) | RecordOutcome::Invalidation(_)
+        )
     }
 
     fn failed(failure: &RenderFailure) -> Self {
@@ -88,11 +95,47 @@ pub struct EventOutcome {
     pub foreign: usize,
 }
 
+/// What became of a batch's invalidation (the one CreateInvalidation that covers its
+/// refreshed originals and its deferred invalidation messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationOutcome {
+    /// CloudFront accepted it.
+    Created,
+    /// CloudFront throttled it; one delayed message on the queue carries it all (attempt + 1).
+    Deferred,
+    /// No distribution configured: nothing invalidated (logged as `outcome=no-cdn`).
+    NoCdn,
+}
+
+/// The first deferral's delay: about how long CloudFront takes to complete an invalidation
+/// ("usually within a minute or two"), so that by then some of the quota is free again.
+pub const FIRST_DEFERRAL: Duration = Duration::from_secs(60);
+
+/// How long deferral attempt `attempt` (1 for the first) waits: [`FIRST_DEFERRAL`] doubling
+/// per attempt, plus up to a quarter more by `jitter` (0..=1) so the deferrals of concurrent
+/// batches spread out rather than collide again, never more than SQS's 900 s.
+pub fn deferral_delay(attempt: u32, jitter: f64) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    let base = FIRST_DEFERRAL.as_secs_f64() * f64::from(1u32 << doublings);
+    let secs = (base * (1.0 + jitter.clamp(0.0, 1.0) / 4.0)).min(MAX_DELAY.as_secs_f64());
+    Duration::from_secs(secs as u64)
+}
+
+/// A number in 0..1 that differs from call to call (the deferral's jitter): std's hasher
+/// keys are random per process and per call, which is all a jitter needs.
+fn jitter() -> f64 {
+    use std::hash::BuildHasher;
+    let hash =
+        std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// A record, read.
 enum Admitted {
     Job(Job, VariantKey),
     Event(Vec<StorageChange>),
     TestEvent(String),
+    Invalidation(DeferredInvalidation),
 }
 
 /// What one S3 event record asks for.
@@ -118,6 +161,7 @@ pub struct Worker<S> {
     memory: Arc<Semaphore>,
     metrics: Arc<dyn MetricsSink>,
     cdn: Option<Arc<dyn CdnInvalidator>>,
+    deferral: Option<Arc<dyn JobQueue>>,
 }
 
 /// Memory permits are MiB of the budget.
@@ -163,7 +207,17 @@ impl<S: BucketStores> Worker<S> {
             config,
             metrics: Arc::new(NoMetrics),
             cdn: None,
+            deferral: None,
         }
+    }
+
+    /// The queue a throttled invalidation is deferred to: the render queue this worker
+    /// reads, so the delayed message comes back to a worker. Without one, a throttled
+    /// invalidation fails the records it covers, which then come back by their visibility
+    /// timeout (and, throttled `maxReceiveCount` times, end in the DLQ).
+    pub fn with_deferral_queue(mut self, queue: Arc<dyn JobQueue>) -> Self {
+        self.deferral = Some(queue);
+        self
     }
 
     /// The CDN to invalidate after refreshes (the distribution of
@@ -218,6 +272,8 @@ impl<S: BucketStores> Worker<S> {
         let mut by_original: HashMap<(String, String), usize> = HashMap::new();
         // Event records waiting on their originals' refreshes: what they said so far.
         let mut events: Vec<(usize, EventOutcome)> = Vec::new();
+        // Deferred invalidation messages: merged into the batch's one invalidation.
+        let mut deferred: Vec<(usize, DeferredInvalidation)> = Vec::new();
         for (index, record) in records.iter().enumerate() {
             let admitted = match self.admit(record) {
                 Ok(admitted) => admitted,
@@ -253,6 +309,10 @@ impl<S: BucketStores> Worker<S> {
                         }
                     }
                     events.push((index, said));
+                    continue;
+                }
+                Admitted::Invalidation(invalidation) => {
+                    deferred.push((index, invalidation));
                     continue;
                 }
                 Admitted::TestEvent(bucket) => {
@@ -336,7 +396,20 @@ impl<S: BucketStores> Worker<S> {
             }
         }
 
-        self.invalidate(records, &originals, &mut refreshed).await;
+        let invalidated = self
+            .invalidate(records, &originals, &mut refreshed, &deferred)
+            .await;
+        for (index, _) in &deferred {
+            let record = &records[*index];
+            outcomes[*index] = Some(match &invalidated {
+                Ok(outcome) => RecordOutcome::Invalidation(*outcome),
+                Err(failure) => {
+                    log_failure(record, failure, None);
+                    self.metrics.record(&failure_observation(record, failure));
+                    RecordOutcome::failed(failure)
+                }
+            });
+        }
         for (index, mut said) in events {
             let record = &records[index];
             let mut failure = None;
@@ -397,6 +470,12 @@ impl<S: BucketStores> Worker<S> {
                 return Ok(Admitted::Event(changes));
             }
             Ok(Message::TestEvent { bucket }) => return Ok(Admitted::TestEvent(bucket)),
+            Ok(Message::Invalidation(invalidation)) => {
+                return Ok(Admitted::Invalidation(invalidation));
+            }
+            Err(MessageError::Invalidation(reason)) => {
+                return Err(RenderFailure::InvalidInvalidation(reason));
+            }
             Err(MessageError::Job(e)) => return Err(RenderFailure::InvalidJob(e)),
             Err(MessageError::Event(reason)) => return Err(RenderFailure::InvalidEvent(reason)),
         };
@@ -511,14 +590,21 @@ impl<S: BucketStores> Worker<S> {
 
     /// One invalidation for the batch: the originals whose variants changed (and, on a
     /// redelivery, those that have variants at all: the earlier delivery may have refreshed
-    /// them and then failed to invalidate). A failed invalidation fails the refreshes it
-    /// covered, so their records come back and try again.
+    /// them and then failed to invalidate), merged with the batch's deferred invalidation
+    /// messages into one plan within the quotas ([`Coverage`]).
+    ///
+    /// Throttled (`TooManyInvalidationsInProgress`): the whole coverage goes back to the
+    /// queue as one delayed message ([`deferral_delay`]) and everything it covers is done;
+    /// only when that send fails (or there is no queue to defer to) does the invalidation
+    /// fail. A failed invalidation fails the refreshes it covered, so their records come back
+    /// and try again; the result is what the deferred messages' records become.
     async fn invalidate(
         &self,
         records: &[Record],
         originals: &[OriginalGroup],
         refreshed: &mut [Result<RefreshReport, RenderFailure>],
-    ) {
+        deferred: &[(usize, DeferredInvalidation)],
+    ) -> Result<InvalidationOutcome, RenderFailure> {
         let covered: Vec<usize> = originals
             .iter()
             .zip(refreshed.iter())
@@ -534,30 +620,51 @@ impl<S: BucketStores> Worker<S> {
             })
             .map(|(i, _)| i)
             .collect();
-        if covered.is_empty() {
-            return;
+        if covered.is_empty() && deferred.is_empty() {
+            return Ok(InvalidationOutcome::Created);
         }
-        let keys: Vec<String> = covered.iter().map(|&i| originals[i].key.clone()).collect();
-        let paths = cdn::plan(&keys);
+        let mut coverage = Coverage::new(
+            covered.iter().map(|&i| originals[i].key.clone()),
+            std::iter::empty(),
+        );
+        for (_, message) in deferred {
+            coverage.merge(&message.coverage);
+        }
+        // Throttles so far of what this request carries (0: none of it was deferred yet).
+        let throttled_before = deferred.iter().map(|(_, m)| m.attempt).max().unwrap_or(0);
+        let paths = coverage.paths();
         let Some(cdn) = &self.cdn else {
             warn!(
                 event = "worker.invalidation",
                 outcome = "no-cdn",
-                originals = keys.len(),
+                originals = covered.len(),
+                deferred_messages = deferred.len(),
                 paths = paths.len(),
                 "no distribution id configured (EDGETHUMB_DISTRIBUTION_ID / --distribution-id): variants were refreshed but no CDN was invalidated"
             );
-            return;
+            if !deferred.is_empty() {
+                self.metrics.record(
+                    &Observation::new("worker")
+                        .dimension("Outcome", "dropped")
+                        .value(
+                            &metrics::WORKER_INVALIDATIONS_DEFERRED,
+                            deferred.len() as f64,
+                        ),
+                );
+            }
+            return Ok(InvalidationOutcome::NoCdn);
         };
         let started = Instant::now();
-        match cdn.invalidate(&paths).await {
+        let error = match cdn.invalidate(&paths).await {
             Ok(id) => {
                 info!(
                     event = "worker.invalidation",
                     outcome = "created",
                     distribution = cdn.distribution(),
                     invalidation_id = id.as_str(),
-                    originals = keys.len(),
+                    originals = covered.len(),
+                    deferred_messages = deferred.len(),
+                    throttled_before,
                     paths = paths.len(),
                     wildcards = cdn::wildcard_count(&paths),
                     first_path = paths.first().map_or("", String::as_str),
@@ -568,23 +675,86 @@ impl<S: BucketStores> Worker<S> {
                         .dimension("Outcome", "invalidated")
                         .value(&metrics::WORKER_INVALIDATION_PATHS, paths.len() as f64),
                 );
+                return Ok(InvalidationOutcome::Created);
             }
-            Err(e) => {
-                warn!(
-                    event = "worker.invalidation",
-                    outcome = "failed",
-                    distribution = cdn.distribution(),
-                    retryable = e.is_retryable(),
-                    originals = keys.len(),
-                    paths = paths.len(),
-                    error = %e,
-                    "the refreshes it covered are reported failed, so their events come back"
-                );
-                for i in covered {
-                    refreshed[i] = Err(RenderFailure::Cdn(e.clone()));
+            Err(e) => e,
+        };
+        if matches!(error, CdnError::Throttled { .. }) {
+            let attempt = throttled_before.saturating_add(1);
+            match self.defer(&coverage, attempt).await {
+                Ok((delay, message_id)) => {
+                    info!(
+                        event = "worker.invalidation",
+                        outcome = "deferred",
+                        distribution = cdn.distribution(),
+                        attempt,
+                        delay_s = delay.as_secs(),
+                        message_id = message_id.as_str(),
+                        originals = covered.len(),
+                        deferred_messages = deferred.len(),
+                        paths = paths.len(),
+                        wildcards = cdn::wildcard_count(&paths),
+                        first_path = paths.first().map_or("", String::as_str),
+                        "CloudFront has too many invalidations in progress: sent back to the queue with a delay; the records it covers are done"
+                    );
+                    self.metrics.record(
+                        &Observation::new("worker")
+                            .dimension("Outcome", "deferred")
+                            .count(&metrics::WORKER_INVALIDATIONS_DEFERRED, true),
+                    );
+                    return Ok(InvalidationOutcome::Deferred);
+                }
+                Err(reason) => {
+                    warn!(
+                        event = "worker.invalidation",
+                        outcome = "undeferred",
+                        distribution = cdn.distribution(),
+                        attempt,
+                        reason = reason.as_str(),
+                        "throttled and could not be deferred: the records it covers are reported failed, so they come back"
+                    );
+                    self.metrics.record(
+                        &Observation::new("worker")
+                            .dimension("Outcome", "undeferred")
+                            .count(&metrics::WORKER_INVALIDATIONS_DEFERRED, true),
+                    );
                 }
             }
         }
+        warn!(
+            event = "worker.invalidation",
+            outcome = "failed",
+            distribution = cdn.distribution(),
+            retryable = error.is_retryable(),
+            originals = covered.len(),
+            deferred_messages = deferred.len(),
+            paths = paths.len(),
+            error = %error,
+            "the refreshes it covered are reported failed, so their events come back"
+        );
+        for i in covered {
+            refreshed[i] = Err(RenderFailure::Cdn(error.clone()));
+        }
+        Err(RenderFailure::Cdn(error))
+    }
+
+    /// Send `coverage` back to the deferral queue as attempt `attempt`, delayed by
+    /// [`deferral_delay`]; the delay and the message id, or why it could not be sent.
+    async fn defer(&self, coverage: &Coverage, attempt: u32) -> Result<(Duration, String), String> {
+        let Some(queue) = &self.deferral else {
+            return Err("no queue to defer to (EDGETHUMB_QUEUE_URL)".into());
+        };
+        let body = DeferredInvalidation {
+            coverage: coverage.clone(),
+            attempt,
+        }
+        .to_json();
+        let delay = deferral_delay(attempt, jitter());
+        queue
+            .send_delayed(&body, delay)
+            .await
+            .map(|id| (delay, id))
+            .map_err(|e| e.to_string())
     }
 
     async fn run_group(

@@ -1,11 +1,14 @@
 //! What a queue message can be: a render job (`docs/job.md`), or an S3 event notification
 //! that S3 itself sends to the render queue when an object is written or deleted, or S3's
-//! test event (sent once when the notification is configured). Told apart by shape: an S3
-//! event has a `Records` array, the test event `"Event": "s3:TestEvent"`, anything else is
-//! read as a job (and refused as one when it is not).
+//! test event (sent once when the notification is configured), or a deferred CDN
+//! invalidation that the worker itself sent back to the queue when CloudFront throttled it.
+//! Told apart by shape: an S3 event has a `Records` array, the test event
+//! `"Event": "s3:TestEvent"`, a deferred invalidation an `invalidate` object, anything else
+//! is read as a job (and refused as one when it is not).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::cdn::Coverage;
 use crate::job::{Job, JobError, MAX_JOB_BYTES};
 
 /// One parsed queue message.
@@ -19,6 +22,97 @@ pub enum Message {
     TestEvent {
         bucket: String,
     },
+    /// An invalidation CloudFront throttled, back from the queue after its delay.
+    Invalidation(DeferredInvalidation),
+}
+
+/// A CDN invalidation deferred because CloudFront answered `TooManyInvalidationsInProgress`:
+/// sent to the render queue with a delay, merged with whatever else the batch that reads it
+/// invalidates. Carries originals and directories rather than paths, so merged messages are
+/// planned again within the quotas ([`Coverage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredInvalidation {
+    pub coverage: Coverage,
+    /// How many times this invalidation has been throttled (1 for the first deferral): the
+    /// next delay grows with it.
+    pub attempt: u32,
+}
+
+/// The largest deferred invalidation: the size every message reader accepts
+/// ([`MAX_JOB_BYTES`]), far under the queue's limit. A coverage is at most five entries
+/// (keys of at most 1 KiB), so only keys full of characters JSON escapes get near it; those
+/// messages carry their common directory instead.
+pub const MAX_INVALIDATION_BYTES: usize = MAX_JOB_BYTES;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireInvalidation {
+    v: u32,
+    invalidate: WireCoverage,
+    attempt: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireCoverage {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    originals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    directories: Vec<String>,
+}
+
+impl DeferredInvalidation {
+    /// The message body: `{"v":1,"invalidate":{"originals":[...],"directories":[...]},"attempt":n}`,
+    /// at most [`MAX_INVALIDATION_BYTES`] (collapsed to one directory when the keys would
+    /// make it bigger).
+    pub fn to_json(&self) -> String {
+        let encode = |coverage: &Coverage| {
+            let wire = WireInvalidation {
+                v: 1,
+                invalidate: WireCoverage {
+                    originals: coverage.originals().map(str::to_string).collect(),
+                    directories: coverage.directories().map(str::to_string).collect(),
+                },
+                attempt: self.attempt,
+            };
+            serde_json::to_string(&wire).unwrap_or_default()
+        };
+        let body = encode(&self.coverage);
+        if body.len() <= MAX_INVALIDATION_BYTES {
+            return body;
+        }
+        encode(&self.coverage.collapsed())
+    }
+
+    fn parse(body: &str) -> Result<Self, MessageError> {
+        let bad = |reason: String| MessageError::Invalidation(reason);
+        let wire: WireInvalidation = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
+        if wire.v != 1 {
+            return Err(bad(format!("unsupported version {}", wire.v)));
+        }
+        if wire.attempt == 0 {
+            return Err(bad("attempt must be 1 or more".into()));
+        }
+        if wire.invalidate.originals.iter().any(String::is_empty) {
+            return Err(bad("empty original key".into()));
+        }
+        if let Some(d) = wire
+            .invalidate
+            .directories
+            .iter()
+            .find(|d| !d.is_empty() && !d.ends_with('/'))
+        {
+            return Err(bad(format!("directory {d:?} does not end in '/'")));
+        }
+        let coverage = Coverage::new(wire.invalidate.originals, wire.invalidate.directories);
+        if coverage.is_empty() {
+            return Err(bad("nothing to invalidate".into()));
+        }
+        Ok(DeferredInvalidation {
+            coverage,
+            attempt: wire.attempt,
+        })
+    }
 }
 
 /// What an S3 event record says happened to an object.
@@ -54,6 +148,8 @@ pub enum MessageError {
     Job(#[from] JobError),
     #[error("malformed S3 event: {0}")]
     Event(String),
+    #[error("malformed invalidation message: {0}")]
+    Invalidation(String),
 }
 
 #[derive(Deserialize)]
@@ -108,6 +204,9 @@ impl Message {
                     .unwrap_or_default()
                     .to_string();
                 return Ok(Message::TestEvent { bucket });
+            }
+            if object.contains_key("invalidate") {
+                return DeferredInvalidation::parse(body).map(Message::Invalidation);
             }
         }
         Ok(Message::Job(Job::parse(body)?))
@@ -306,6 +405,74 @@ mod tests {
             Message::parse(r#"{"Event":"s3:SomethingElse"}"#),
             Err(MessageError::Job(_))
         ));
+    }
+
+    #[test]
+    fn deferred_invalidations_read_back_and_bad_ones_are_refused() {
+        let sample = Message::parse(include_str!("../../events/invalidation-v1.json")).unwrap();
+        let Message::Invalidation(sample) = sample else {
+            panic!("{sample:?}")
+        };
+        assert_eq!(sample.attempt, 2);
+        assert!(sample.coverage.covers("photos/red cat.jpg"));
+        assert!(sample.coverage.covers("bulk/2024/0001.jpg"));
+        assert_eq!(
+            sample.coverage.paths(),
+            [
+                "/photos/red%20cat.jpg",
+                "/photos/red%20cat.jpg@*",
+                "/bulk/2024/*"
+            ]
+        );
+        let round = Message::parse(&sample.to_json()).unwrap();
+        assert_eq!(round, Message::Invalidation(sample));
+        for (body, expected) in [
+            (r#"{"v":1,"invalidate":{},"attempt":1}"#, "nothing"),
+            (
+                r#"{"v":1,"invalidate":{"originals":[""]},"attempt":1}"#,
+                "empty",
+            ),
+            (
+                r#"{"v":1,"invalidate":{"directories":["a"]},"attempt":1}"#,
+                "'/'",
+            ),
+            (
+                r#"{"v":1,"invalidate":{"originals":["a"]},"attempt":0}"#,
+                "attempt",
+            ),
+            (
+                r#"{"v":2,"invalidate":{"originals":["a"]},"attempt":1}"#,
+                "version",
+            ),
+            (r#"{"v":1,"invalidate":{"originals":["a"]}}"#, "attempt"),
+            (
+                r#"{"v":1,"invalidate":{"originals":["a"],"paths":["/a"]},"attempt":1}"#,
+                "paths",
+            ),
+            (r#"{"v":1,"invalidate":"a","attempt":1}"#, "invalidation"),
+        ] {
+            let err = Message::parse(body).unwrap_err();
+            assert!(
+                matches!(err, MessageError::Invalidation(_)),
+                "{body}: {err:?}"
+            );
+            assert!(err.to_string().contains(expected), "{body}: {err}");
+        }
+        // Keys full of escaped characters: collapsed to their directory, within the limit.
+        let keys: Vec<String> = (0..5)
+            .map(|i| format!("d/{i}{}", "\u{1}".repeat(1000)))
+            .collect();
+        let big = DeferredInvalidation {
+            coverage: Coverage::new(keys.clone(), []),
+            attempt: 1,
+        };
+        let body = big.to_json();
+        assert!(body.len() <= MAX_INVALIDATION_BYTES, "{}", body.len());
+        let Ok(Message::Invalidation(read)) = Message::parse(&body) else {
+            panic!("{body}")
+        };
+        assert!(keys.iter().all(|k| read.coverage.covers(k)));
+        assert_eq!(read.coverage.paths(), ["/d/*"]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - [`process`]: one render (idempotence check, fetch, render, tagged write).
 //! - [`batch`]: a batch of queue records (parse, de-duplicate, bounded parallelism,
 //!   deadline); the ids of the failed records for the Lambda's `batchItemFailures`.
-//! - [`message`]: what a queue message is: a job, an S3 event notification or S3's test event.
+//! - [`message`]: what a queue message is: a job, an S3 event notification, S3's test event
+//!   or a deferred CDN invalidation.
 //! - [`refresh`]: an original was written or deleted: re-render or delete its variants.
 //! - [`runner`]: the long-poll loop behind `edgethumb work`.
 //!
@@ -30,7 +31,7 @@ mod tuning_tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use batch::{EventOutcome, Record, RecordOutcome, Worker};
+pub use batch::{EventOutcome, InvalidationOutcome, Record, RecordOutcome, Worker};
 pub use process::{KeyOutcome, RenderFailure};
 pub use runner::{RunSummary, Runner, RunnerOptions};
 pub use settings::{ConfigError, Origin, SETTINGS, Setting};

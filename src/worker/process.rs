@@ -72,6 +72,8 @@ pub enum RenderFailure {
     },
     #[error("invalid S3 event: {0}")]
     InvalidEvent(String),
+    #[error("invalid invalidation message: {0}")]
+    InvalidInvalidation(String),
     #[error("CDN: {0}")]
     Cdn(#[from] crate::cdn::CdnError),
     #[error("store: {0}")]
@@ -105,6 +107,7 @@ impl RenderFailure {
             | RenderFailure::BucketNotAllowed(_)
             | RenderFailure::OriginalMissing { .. }
             | RenderFailure::InvalidEvent(_)
+            | RenderFailure::InvalidInvalidation(_)
             | RenderFailure::Metric(_) => false,
         }
     }
@@ -117,6 +120,7 @@ impl RenderFailure {
             RenderFailure::OriginalMissing { .. } => "original-missing",
             RenderFailure::OriginalChanged { .. } => "original-changed",
             RenderFailure::InvalidEvent(_) => "invalid-event",
+            RenderFailure::InvalidInvalidation(_) => "invalid-invalidation",
             RenderFailure::Cdn(_) => "cdn",
             RenderFailure::Store(_) => "store",
             RenderFailure::Pipeline(PipelineError::TooManyBytes { .. })

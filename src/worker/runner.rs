@@ -121,7 +121,9 @@ impl<Q: JobQueue + ?Sized, S: BucketStores> Runner<Q, S> {
             let outcomes = self.run_batch(&messages, &stop, &mut shutdown).await;
             for (message, outcome) in messages.iter().zip(&outcomes) {
                 match outcome {
-                    RecordOutcome::Done(_) | RecordOutcome::Event(_) => {
+                    RecordOutcome::Done(_)
+                    | RecordOutcome::Event(_)
+                    | RecordOutcome::Invalidation(_) => {
                         summary.done += 1;
                         if let Err(e) = self.queue.ack(&message.receipt).await {
                             // The job is done; a redelivery will find it current and skip.

@@ -125,3 +125,4 @@ pub async fn moto_queue(test: &str) -> Option<SqsQueue> {
         .expect("queue url");
     Some(SqsQueue::new(client, url))
 }
+pub mod quota_cloudfront;

@@ -128,7 +128,12 @@ pub fn run(args: WorkArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let summary = runtime.block_on(async {
         let (queue, stores) = adapters(&args).await?;
-        let worker = with_cdn_from_config(Worker::new(stores, config), &settings_from_env()).await;
+        // Throttled invalidations are deferred to the queue this loop reads.
+        let worker = with_cdn_from_config(
+            Worker::new(stores, config).with_deferral_queue(queue.clone()),
+            &settings_from_env(),
+        )
+        .await;
         let runner = Runner::new(queue, worker, options);
         runner
             .run(shutdown_signal())
