@@ -88,7 +88,9 @@ fn build(tarball: &Path, out: &Path) -> PathBuf {
 /// cross-build for glibc 2.17 never picks up a host gcc build, or the reverse.
 fn cache_key() -> String {
     let target = env::var("TARGET").expect("cargo sets TARGET");
-    let compiler = cc::Build::new().get_compiler();
+    // No cargo warnings: cc probes the compiler's family, and zig (the edge's glibc 2.17
+    // build) answers the probe with a harmless "invalid target triple" error.
+    let compiler = cc::Build::new().cargo_warnings(false).get_compiler();
     let mut hasher = DefaultHasher::new();
     compiler.path().hash(&mut hasher);
     compiler.args().hash(&mut hasher);
