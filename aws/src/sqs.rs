@@ -225,6 +225,25 @@ impl SqsQueue {
         }));
         (final_failures, if any_call_ok { None } else { call_error })
     }
+
+    /// One SendMessage; without a delay, the queue's own default delay applies.
+    async fn send_message(
+        &self,
+        body: &str,
+        delay: Option<Duration>,
+    ) -> Result<String, QueueError> {
+        self.check_size(body)?;
+        let output = self
+            .client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .set_delay_seconds(delay.map(|d| whole_seconds(d, MAX_DELAY)))
+            .send()
+            .await
+            .map_err(|e| self.error("SendMessage", &e, None))?;
+        Ok(output.message_id.unwrap_or_default())
+    }
 }
 
 /// Whether an entry SQS reported as failed in a SendMessageBatch answer is worth sending
@@ -248,30 +267,11 @@ impl JobQueue for SqsQueue {
     }
 
     async fn send(&self, body: &str) -> Result<String, QueueError> {
-        self.check_size(body)?;
-        let output = self
-            .client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| self.error("SendMessage", &e, None))?;
-        Ok(output.message_id.unwrap_or_default())
+        self.send_message(body, None).await
     }
 
     async fn send_delayed(&self, body: &str, delay: Duration) -> Result<String, QueueError> {
-        self.check_size(body)?;
-        let output = self
-            .client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .delay_seconds(whole_seconds(delay, MAX_DELAY))
-            .send()
-            .await
-            .map_err(|e| self.error("SendMessage", &e, None))?;
-        Ok(output.message_id.unwrap_or_default())
+        self.send_message(body, Some(delay)).await
     }
 
     async fn send_batch(&self, bodies: &[String]) -> Result<Vec<FailedEntry>, QueueError> {
