@@ -106,13 +106,9 @@ pub fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), Pipe
 }
 
 /// The smallest decoded size (stored orientation) shrink-on-load may produce for a source
-/// of `width`×`height` stored with EXIF `orientation`.
-pub fn shrink_floor(width: u32, height: u32, orientation: u8, params: &Params) -> (u32, u32) {
-    shrink_floor_with(width, height, orientation, params, SHRINK_MARGIN)
-}
-
-/// [`shrink_floor`] with another margin.
-fn shrink_floor_with(
+/// of `width`×`height` stored with EXIF `orientation`, keeping `margin` times the resize
+/// target on either side.
+pub fn shrink_floor(
     width: u32,
     height: u32,
     orientation: u8,
@@ -130,11 +126,10 @@ fn shrink_floor_with(
 /// Whether to shrink on load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decode {
-    /// Decode no larger than needed for `params` (the edge and worker path).
-    Shrink,
-    /// Decode no smaller than `margin` times the output on either side: between
-    /// [`Decode::Shrink`] (`margin` [`SHRINK_MARGIN`]) and [`Decode::Full`].
-    ShrinkTo { margin: u32 },
+    /// Decode no larger than needed for `params`, but no smaller than `margin` times the
+    /// output on either side ([`SHRINK_MARGIN`] at the edge, twice that in the worker:
+    /// `Profile::shrink_margin`).
+    Shrink { margin: u32 },
     /// Full-resolution decode (the quality reference).
     Full,
 }
@@ -184,8 +179,7 @@ pub fn load(
     check_bytes(data, limits)?;
     let format = sniff(data)?;
     let floor = |w: u32, h: u32, orientation: u8| match mode {
-        Decode::Shrink => Some(shrink_floor(w, h, orientation, params)),
-        Decode::ShrinkTo { margin } => Some(shrink_floor_with(w, h, orientation, params, margin)),
+        Decode::Shrink { margin } => Some(shrink_floor(w, h, orientation, params, margin)),
         Decode::Full => None,
     };
     let decoded = |image| (image, Stage::Decoded);

@@ -250,12 +250,21 @@ pub fn prepare_until(
     limits: &Limits,
     deadline: Deadline,
 ) -> Result<Prepared, PipelineError> {
-    run_steps(source, params, limits, load::Decode::Shrink, deadline)
+    run_steps(
+        source,
+        params,
+        limits,
+        load::Decode::Shrink {
+            margin: SHRINK_MARGIN,
+        },
+        deadline,
+    )
 }
 
 /// Like [`prepare`], but from a full-resolution decode (no shrink-on-load): the
-/// high-quality reference, of exactly the same size, that the worker's quality tuning
-/// compares candidate encodes against.
+/// high-quality reference, of exactly the same size, that tests and the measuring examples
+/// hold shrink-on-load results against (the worker's search scores against its own
+/// [`Profile::Best`] pixels, which come within a few tenths of this).
 pub fn prepare_reference(
     source: &[u8],
     params: &Params,
@@ -287,7 +296,7 @@ pub fn prepare_with_margin(
         source,
         params,
         limits,
-        load::Decode::ShrinkTo { margin },
+        load::Decode::Shrink { margin },
         Deadline::none(),
     )
 }

@@ -61,8 +61,8 @@ where
 pub const DEFAULT_CACHE_CONTROL: &str = "public, max-age=31536000";
 
 /// Working memory assumed per byte of compressed original. Photos compress to about 2-4
-/// bits per pixel and a tuned render holds the full decode (3-4 bytes per pixel) plus the
-/// resized image, its reference and their linear-light copies for the metric: about 24
+/// bits per pixel and a tuned render holds the decode (at most full size, 3-4 bytes per
+/// pixel) plus the resized image and the metric's linear-light copies of it: about 24
 /// bytes of memory per source byte covers a JPEG photo with room to spare. Deliberately
 /// pessimistic: overestimating only serialises big renders.
 pub const MEMORY_PER_SOURCE_BYTE: u64 = 24;
