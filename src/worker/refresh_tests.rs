@@ -296,6 +296,25 @@ async fn original_etag(rig: &Rig) -> Option<String> {
 
 const PATHS: [&str; 2] = ["/photos/red%20cat.jpg", "/photos/red%20cat.jpg@*"];
 
+/// Replace the original and deliver its Put event: both of our variants are re-rendered and
+/// record the new ETag.
+async fn replace_and_refresh(rig: &Rig) {
+    put_original(&rig.store.inner, ORIGINAL, picture(320, 240, 230)).await;
+    let out = run(
+        rig,
+        &[record("e1", s3_event("ObjectCreated:Put", ORIGINAL), 1)],
+    )
+    .await;
+    assert!(
+        matches!(&out[0], RecordOutcome::Event(s) if s.rerendered == 2),
+        "{out:?}"
+    );
+    let now = original_etag(rig).await;
+    for key in OURS {
+        assert_eq!(recorded_etag(rig, key).await, now, "{key}");
+    }
+}
+
 #[tokio::test]
 async fn a_replaced_original_refreshes_our_variants_and_leaves_hand_made_ones_alone() {
     let rig = seeded(true).await;
@@ -474,30 +493,14 @@ async fn test_events_and_other_event_types_are_done_and_bad_events_are_permanent
 #[tokio::test]
 async fn without_a_distribution_variants_are_still_refreshed() {
     let rig = seeded(false).await;
-    put_original(&rig.store.inner, ORIGINAL, picture(320, 240, 230)).await;
-    let out = run(
-        &rig,
-        &[record("e1", s3_event("ObjectCreated:Put", ORIGINAL), 1)],
-    )
-    .await;
-    assert!(
-        matches!(&out[0], RecordOutcome::Event(s) if s.rerendered == 2),
-        "{out:?}"
-    );
-    let now = original_etag(&rig).await;
-    for key in OURS {
-        assert_eq!(recorded_etag(&rig, key).await, now);
-    }
+    replace_and_refresh(&rig).await;
 }
 
 #[tokio::test]
 async fn a_failed_invalidation_fails_the_event_and_its_redelivery_invalidates() {
     let rig = seeded(true).await;
     put_original(&rig.store.inner, ORIGINAL, picture(320, 240, 230)).await;
-    rig.cdn.fail_with(Some(CdnError::Throttled {
-        distribution: "memory".into(),
-        message: "TooManyInvalidationsInProgress".into(),
-    }));
+    rig.cdn.fail_with(Some(throttled()));
     let event = s3_event("ObjectCreated:Put", ORIGINAL);
     let out = run(&rig, &[record("e1", event.clone(), 1)]).await;
     assert!(
@@ -618,20 +621,7 @@ fn deferred_body(originals: &[&str], directories: &[&str], attempt: u32) -> Stri
 #[tokio::test]
 async fn a_throttled_invalidation_is_deferred_and_its_records_are_done() {
     let rig = seed(rig_built(full_cdn().await, true, true)).await;
-    put_original(&rig.store.inner, ORIGINAL, picture(320, 240, 230)).await;
-    let out = run(
-        &rig,
-        &[record("e1", s3_event("ObjectCreated:Put", ORIGINAL), 1)],
-    )
-    .await;
-    assert!(
-        matches!(&out[0], RecordOutcome::Event(s) if s.rerendered == 2),
-        "{out:?}"
-    );
-    let now = original_etag(&rig).await;
-    for key in OURS {
-        assert_eq!(recorded_etag(&rig, key).await, now);
-    }
+    replace_and_refresh(&rig).await;
     assert_eq!(rig.cdn.throttled(), 1);
     assert_eq!(rig.cdn.requests().len(), 1, "only the other invalidation");
     // One delayed message carries the invalidation; it is not receivable yet.
