@@ -10,11 +10,7 @@
 //! reference; one line per (setting, quality): total bytes, mean and min score, mean
 //! encode CPU time. Used to choose the settings and the `q` mapping in
 //! src/pipeline/encode_avif.rs (docs/benchmarks.md, "AVIF").
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::undocumented_unsafe_blocks
-)] // a measuring tool: a failed unwrap ends the run
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed unwrap ends the run
 
 use edgethumb::Params;
 use edgethumb::pipeline::encode_avif::{self, AvifInput, AvifSettings, Chroma};
@@ -22,17 +18,8 @@ use edgethumb::pipeline::{self, EncodeSpec, Limits, Profile};
 use edgethumb::variant::OutputFormat;
 use edgethumb::worker::tuning::Scorer;
 
-/// CPU time of this thread (the encoders are single-threaded), so a busy machine does not
-/// inflate the figures the way wall time would.
-fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to the valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
 
 fn parse_setting(spec: &str) -> Option<AvifSettings> {
     let mut parts = spec.split(':');
@@ -86,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         for &q in &qualities {
             let (mut bytes, mut scores, mut cpu) = (0usize, Vec::new(), 0f64);
             for (_, prepared, scorer) in &images {
-                let t = thread_cpu_seconds();
+                let t = thread_cpu::now();
                 let other = match setting.as_str() {
                     "jpeg" => Some((OutputFormat::Jpeg, Profile::Best)),
                     "webp-fast" => Some((OutputFormat::Webp, Profile::Fast)),
@@ -112,7 +99,7 @@ fn main() -> anyhow::Result<()> {
                     };
                     encode_avif::encode_with(&input, q, &settings).map_err(anyhow::Error::msg)?
                 };
-                cpu += thread_cpu_seconds() - t;
+                cpu += (thread_cpu::now() - t).as_secs_f64();
                 bytes += encoded.len();
                 scores.push(scorer.score_encoded(&encoded)?);
             }

@@ -74,21 +74,13 @@ fn ssim2(reference: &Decoded, distorted: &Decoded) -> Result<f64, Error> {
     )?)
 }
 
-/// CPU time of this thread: the machine is shared, so wall time mostly measures the neighbours.
-fn thread_cpu_ms() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
-}
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
 
 fn cpu_ms(f: impl FnOnce() -> Result<(), Error>) -> Result<f64, Error> {
-    let start = thread_cpu_ms();
+    let start = thread_cpu::now();
     f()?;
-    Ok(thread_cpu_ms() - start)
+    Ok((thread_cpu::now() - start).as_secs_f64() * 1000.0)
 }
 
 fn median(mut times: Vec<f64>) -> f64 {

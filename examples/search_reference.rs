@@ -11,22 +11,12 @@
 //! "Quality search cost (issue 15)".
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed unwrap ends the run
 
-use std::time::Duration;
-
 use edgethumb::Params;
 use edgethumb::pipeline::{self, Limits};
 use edgethumb::worker::tuning::{self, Scorer, TuningConfig};
 
-/// CPU time of this thread: the search is single-threaded.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec to the valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -57,23 +47,23 @@ fn main() -> anyhow::Result<()> {
             let source = std::fs::read(path)?;
             let name = path.file_name().unwrap().to_string_lossy();
             // Today: shrink-on-load pixels, full-decode reference.
-            let t = thread_cpu();
+            let t = thread_cpu::now();
             let prepared = pipeline::prepare(&source, &params, &limits)?;
-            let t_prepare = thread_cpu() - t;
-            let t = thread_cpu();
+            let t_prepare = thread_cpu::now() - t;
+            let t = thread_cpu::now();
             let full = pipeline::prepare_reference(&source, &params, &limits)?;
             let by_full = tuning::encode_best(&prepared, Some(&full), &params, &config)?;
-            let t_today = thread_cpu() - t + t_prepare;
+            let t_today = thread_cpu::now() - t + t_prepare;
             let format = params.output_format(prepared.source_format);
             let full_scorer = Scorer::for_output(&full, format)?.expect("scoreable");
-            let t = thread_cpu();
+            let t = thread_cpu::now();
             let _one = prepared.encode(&pipeline::EncodeSpec {
                 format,
                 quality: by_full.quality,
                 progressive: params.progressive,
                 profile: pipeline::Profile::Best,
             })?;
-            let t_one = thread_cpu() - t + t_prepare;
+            let t_one = thread_cpu::now() - t + t_prepare;
             let mut line = format!(
                 "{name:32} {spec:16} today q{:3} {:5.2} {:6} B {:6.1} ms (one best {:5.1} ms, {:4.1}x)",
                 by_full.quality,
@@ -85,12 +75,12 @@ fn main() -> anyhow::Result<()> {
             );
             for (i, &margin) in margins.iter().enumerate() {
                 // a) pixels at `margin`, scored against themselves.
-                let t = thread_cpu();
+                let t = thread_cpu::now();
                 let own = pipeline::prepare_with_margin(&source, &params, &limits, margin)?;
                 let by_own = tuning::encode_best(&own, Some(&own), &params, &config)?;
-                let t_own = thread_cpu() - t;
+                let t_own = thread_cpu::now() - t;
                 // One `best` encode of the same output, at the same margin.
-                let t = thread_cpu();
+                let t = thread_cpu::now();
                 let again = pipeline::prepare_with_margin(&source, &params, &limits, margin)?;
                 let _ = again.encode(&pipeline::EncodeSpec {
                     format,
@@ -98,12 +88,12 @@ fn main() -> anyhow::Result<()> {
                     progressive: params.progressive,
                     profile: pipeline::Profile::Best,
                 })?;
-                let t_one_own = thread_cpu() - t;
+                let t_one_own = thread_cpu::now() - t;
                 // b) today's pixels, reference decoded at `margin`.
-                let t = thread_cpu();
+                let t = thread_cpu::now();
                 let reference = pipeline::prepare_with_margin(&source, &params, &limits, margin)?;
                 let by_ref = tuning::encode_best(&prepared, Some(&reference), &params, &config)?;
-                let t_ref = thread_cpu() - t + t_prepare;
+                let t_ref = thread_cpu::now() - t + t_prepare;
                 line += &format!(
                     " | m{margin} one best {:5.1} ms, own {:4.1}x",
                     t_one_own.as_secs_f64() * 1e3,
