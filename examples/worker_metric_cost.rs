@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 use edgethumb::pipeline::{self, EncodeSpec, Limits, Prepared, Profile};
 use edgethumb::worker::tuning::Scorer;
 use edgethumb::{OutputFormat, Params};
-use ssimulacra2::{LinearRgb, compute_frame_ssimulacra2};
+
+#[path = "../src/worker/slow_ssimulacra2.rs"]
+mod slow_ssimulacra2;
+
+use slow_ssimulacra2::slow_score;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -110,45 +114,6 @@ fn main() -> anyhow::Result<()> {
         peak_rss_kb() / 1024
     );
     Ok(())
-}
-
-/// The score as the worker computed it before fast-ssim2: flattened on white (and black
-/// with `alpha`), linearised per candidate, the `ssimulacra2` crate, the lower score.
-fn slow_score(reference: &Prepared, distorted: &Prepared, alpha: bool) -> f64 {
-    let backgrounds: &[u8] = if alpha { &[255, 0] } else { &[255] };
-    backgrounds
-        .iter()
-        .map(|&bg| compute_frame_ssimulacra2(linear(reference, bg), linear(distorted, bg)).unwrap())
-        .fold(f64::INFINITY, f64::min)
-}
-
-fn linear(image: &Prepared, bg: u8) -> LinearRgb {
-    let to_linear = |v: u8| {
-        let c = f32::from(v) / 255.0;
-        if c <= 0.040_45 {
-            c / 12.92
-        } else {
-            ((c + 0.055) / 1.055).powf(2.4)
-        }
-    };
-    let over = |v: u8, a: u8| {
-        let (v, a, bg) = (u32::from(v), u32::from(a), u32::from(bg));
-        ((v * a + bg * (255 - a) + 127) / 255) as u8
-    };
-    let channels = if image.has_alpha() { 4 } else { 3 };
-    let data = image
-        .pixels()
-        .chunks_exact(channels)
-        .map(|p| {
-            let a = if channels == 4 { p[3] } else { 255 };
-            [
-                to_linear(over(p[0], a)),
-                to_linear(over(p[1], a)),
-                to_linear(over(p[2], a)),
-            ]
-        })
-        .collect();
-    LinearRgb::new(data, image.width as usize, image.height as usize).unwrap()
 }
 
 /// The SIMD kernels against fast-ssim2's scalar ones on the same pair (reference and

@@ -6,8 +6,6 @@
 
 use std::io::Cursor;
 
-use ssimulacra2::{LinearRgb, compute_frame_ssimulacra2};
-
 use super::tuning::Scorer;
 use super::tuning_tests::{Rng, noise, photo_like, smooth_gradient, text_like, with_alpha};
 use crate::pipeline::{self, EncodeSpec, Limits, Prepared, Profile};
@@ -16,49 +14,10 @@ use crate::variant::{OutputFormat, Params};
 /// Largest difference allowed between the two implementations, in score points.
 const TOLERANCE: f64 = 0.5;
 
-/// The score the worker used before fast-ssim2: flattened on white (and on black when there
-/// is alpha) in sRGB, converted to linear light, scored by the `ssimulacra2` crate, the
-/// lower score counting.
-fn reference_score(reference: &Prepared, distorted: &Prepared) -> f64 {
-    let backgrounds: &[u8] = if reference.has_alpha() {
-        &[255, 0]
-    } else {
-        &[255]
-    };
-    backgrounds
-        .iter()
-        .map(|&bg| compute_frame_ssimulacra2(linear(reference, bg), linear(distorted, bg)).unwrap())
-        .fold(f64::INFINITY, f64::min)
-}
+#[path = "slow_ssimulacra2.rs"]
+mod slow_ssimulacra2;
 
-fn linear(image: &Prepared, bg: u8) -> LinearRgb {
-    let to_linear = |v: u8| {
-        let c = f32::from(v) / 255.0;
-        if c <= 0.040_45 {
-            c / 12.92
-        } else {
-            ((c + 0.055) / 1.055).powf(2.4)
-        }
-    };
-    let over = |v: u8, a: u8| {
-        let (v, a, bg) = (u32::from(v), u32::from(a), u32::from(bg));
-        ((v * a + bg * (255 - a) + 127) / 255) as u8
-    };
-    let channels = if image.has_alpha() { 4 } else { 3 };
-    let data = image
-        .pixels()
-        .chunks_exact(channels)
-        .map(|p| {
-            let a = if channels == 4 { p[3] } else { 255 };
-            [
-                to_linear(over(p[0], a)),
-                to_linear(over(p[1], a)),
-                to_linear(over(p[2], a)),
-            ]
-        })
-        .collect();
-    LinearRgb::new(data, image.width as usize, image.height as usize).unwrap()
-}
+use slow_ssimulacra2::{slow_score, slow_score_on};
 
 fn decode(bytes: &[u8]) -> Prepared {
     pipeline::prepare(bytes, &Params::default(), &Limits::default()).unwrap()
@@ -175,7 +134,7 @@ fn fast_ssim2_agrees_with_the_reference_implementation() {
         );
         let scorer = Scorer::new(reference).unwrap().unwrap();
         let fast = scorer.score(distorted).unwrap();
-        let slow = reference_score(reference, distorted);
+        let slow = slow_score(reference, distorted, reference.has_alpha());
         let delta = fast - slow;
         worst = worst.max(delta.abs());
         low = low.min(slow);
@@ -236,7 +195,7 @@ fn alpha_is_scored_on_the_worse_of_white_and_black() {
     });
     let scorer = Scorer::new(&alpha).unwrap().unwrap();
     let score = scorer.score(&damaged).unwrap();
-    let on = |bg: u8| compute_frame_ssimulacra2(linear(&alpha, bg), linear(&damaged, bg)).unwrap();
+    let on = |bg: u8| slow_score_on(&alpha, &damaged, bg);
     let (white, black) = (on(255), on(0));
     assert!(
         black < white - 5.0,
