@@ -160,17 +160,17 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         .transpose()
         .context("worker settings")?;
 
+    // `--tune` is the worker's render, so it decodes as the worker does.
+    let decode_profile = if tuning.is_some() {
+        Profile::Best
+    } else {
+        profile
+    };
     let mut runs = Vec::with_capacity(args.repeat as usize);
     let mut last = None;
     for _ in 0..args.repeat {
         let cpu_start = cpu_time();
         let start = Instant::now();
-        // `--tune` is the worker's render, so it decodes as the worker does.
-        let decode_profile = if tuning.is_some() {
-            Profile::Best
-        } else {
-            profile
-        };
         let prepared = pipeline::prepare_for(source, &params, &limits, decode_profile)
             .with_context(|| format!("{}", input.display()))?;
         let prepared_at = Instant::now();
