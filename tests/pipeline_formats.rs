@@ -193,6 +193,48 @@ fn adobe_cmyk_red_stays_red() {
     );
 }
 
+/// CMYK → RGB is far from linear (black multiplies every ink), so where inks mix inside the
+/// resize's window, converting the decoded pixels first and averaging converting the
+/// averaged inks give different colours. Stripes of cyan ink and of black ink: converted
+/// first, they average to (0, 128, 128); as averaged inks (half cyan, half black) they make
+/// up to (64, 128, 128), a visible red cast (31 measured at the edge). The worker (`best`) and the full-resolution
+/// reference convert first; the edge keeps the cheaper order (`Decode::cmyk_before_resize`).
+#[test]
+fn the_worker_converts_cmyk_before_it_resizes() {
+    let (w, h) = (512u32, 256u32);
+    let mut cmyk = Vec::new();
+    for _ in 0..h {
+        for x in 0..w {
+            cmyk.extend_from_slice(if (x / 8) % 2 == 0 {
+                &[255, 0, 0, 0]
+            } else {
+                &[0, 0, 0, 255]
+            });
+        }
+    }
+    let src = cmyk_jpeg(w, h, &cmyk);
+    let thumb = params("64w.png");
+    let mean_red = |prepared: &pipeline::Prepared| {
+        let px = prepared.pixels();
+        assert_eq!(px.len(), 64 * 32 * 3, "RGB thumbnail");
+        px.chunks_exact(3).map(|p| f64::from(p[0])).sum::<f64>() / (64.0 * 32.0)
+    };
+    let limits = Limits::default();
+    let worker = pipeline::prepare_for(&src, &thumb, &limits, Profile::Best).unwrap();
+    let reference = pipeline::prepare_reference(&src, &thumb, &limits).unwrap();
+    let edge = pipeline::prepare_for(&src, &thumb, &limits, Profile::Fast).unwrap();
+    let (worker, reference, edge) = (mean_red(&worker), mean_red(&reference), mean_red(&edge));
+    assert!(
+        worker < 12.0,
+        "worker's red {worker:.1}: inks were averaged first"
+    );
+    assert!(reference < 12.0, "reference's red {reference:.1}");
+    assert!(
+        edge > 20.0,
+        "edge's red {edge:.1}: the edge converts the thumbnail"
+    );
+}
+
 /// A Display P3 profile built with lcms2 (D65, P3 primaries, sRGB transfer curve).
 fn display_p3_profile() -> Vec<u8> {
     let d65 = lcms2::CIExyY {

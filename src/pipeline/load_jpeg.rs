@@ -10,6 +10,7 @@ use std::os::raw::c_long;
 
 use mozjpeg_sys as ffi;
 
+use super::colour::CmykToRgb;
 use super::image::{ImageState, Layout};
 use super::load::Stage;
 use super::resize_rows::RowResizer;
@@ -168,6 +169,7 @@ pub fn load(
     limits: &Limits,
     floor: impl FnOnce(&JpegHeader) -> Option<(u32, u32)>,
     plan: impl FnOnce(&JpegHeader) -> Plan,
+    cmyk_before_resize: bool,
     deadline: &Deadline,
 ) -> Result<(ImageState, Stage), PipelineError> {
     let header = read_header(data)?;
@@ -184,7 +186,11 @@ pub fn load(
         Some(ranges) => ranges.into_iter().filter_map(|r| data.get(r)).collect(),
         None => vec![data],
     };
-    decode(&segments, scale_denom, &header, limits, &plan, deadline)
+    let order = Decoding {
+        scale_denom,
+        cmyk_before_resize,
+    };
+    decode(&segments, order, &header, limits, &plan, deadline)
 }
 
 /// Scanlines asked of libjpeg per call (it returns at most one iMCU row's worth anyway).
@@ -209,6 +215,30 @@ fn read_rows(
     Ok(read as usize)
 }
 
+/// Decode the next scanlines into `buffer` (whole rows of `row_bytes` of the output
+/// layout). CMYK rows are decoded into `scratch` first and converted to RGB on the way in,
+/// so everything after the load sees sRGB.
+fn read_rows_into(
+    cinfo: &mut ffi::jpeg_decompress_struct,
+    buffer: &mut [u8],
+    row_bytes: usize,
+    cmyk: Option<(&CmykToRgb, &mut Vec<u8>)>,
+) -> Result<usize, PipelineError> {
+    let Some((converter, scratch)) = cmyk else {
+        return read_rows(cinfo, buffer, row_bytes);
+    };
+    let pixels_per_row = row_bytes / 3;
+    let rows = (buffer.len() / row_bytes.max(1)).min(ROWS_PER_READ);
+    let cmyk_row_bytes = pixels_per_row * 4;
+    scratch.resize(rows * cmyk_row_bytes, 0);
+    let read = read_rows(cinfo, scratch, cmyk_row_bytes)?;
+    converter.convert(
+        &scratch[..read * cmyk_row_bytes],
+        &mut buffer[..read * row_bytes],
+    );
+    Ok(read)
+}
+
 /// Owns a libjpeg decompressor; destroys it on every exit path, unwinding included.
 struct Decompressor {
     cinfo: Box<ffi::jpeg_decompress_struct>,
@@ -221,9 +251,20 @@ impl Drop for Decompressor {
     }
 }
 
+/// How [`decode`] runs: the DCT reduction, and where CMYK becomes RGB.
+#[derive(Debug, Clone, Copy)]
+struct Decoding {
+    scale_denom: u32,
+    /// Convert CMYK as it is decoded, before the resize ([`super::load::Decode::cmyk_before_resize`]).
+    cmyk_before_resize: bool,
+}
+
 fn decode(
     input: &[&[u8]],
-    scale_denom: u32,
+    Decoding {
+        scale_denom,
+        cmyk_before_resize,
+    }: Decoding,
     header: &JpegHeader,
     limits: &Limits,
     plan: &Plan,
@@ -289,6 +330,20 @@ fn decode(
             header.width as f64 / scale_denom as f64,
             header.height as f64 / scale_denom as f64,
         ];
+        // CMYK becomes RGB as it is decoded, before any resize, where the caller asks
+        // for fidelity (`CmykToRgb`); otherwise the colour step converts the thumbnail.
+        let cmyk = (cmyk_before_resize && layout == Layout::Cmyk8).then(|| {
+            let profile = header
+                .icc
+                .as_deref()
+                .and_then(|data| lcms2::Profile::new_icc(data).ok());
+            CmykToRgb::new(profile.as_ref(), header.adobe)
+        });
+        let mut scratch = Vec::new();
+        let (layout, icc) = match cmyk {
+            Some(_) => (Layout::Rgb8, None),
+            None => (layout, header.icc.clone()),
+        };
         let state = |width, height, data, content| ImageState {
             width,
             height,
@@ -297,7 +352,7 @@ fn decode(
             full_size: (header.width, header.height),
             content,
             orientation: header.orientation,
-            icc: header.icc.clone(),
+            icc: icc.clone(),
             cmyk_inverted: layout == Layout::Cmyk8 && header.adobe,
         };
         let sampling = resize::sampling(w, h, content, header.orientation, plan);
@@ -306,20 +361,30 @@ fn decode(
             while cinfo.output_scanline < h {
                 deadline.check("load")?;
                 let buffer = rows.rows_mut(ROWS_PER_READ);
-                let read = read_rows(cinfo, buffer, row_bytes)?;
+                let read = read_rows_into(
+                    cinfo,
+                    buffer,
+                    row_bytes,
+                    cmyk.as_ref().map(|c| (c, &mut scratch)),
+                )?;
                 rows.commit(read)?;
             }
             let (data, out_w, out_h) = rows.finish()?;
             let whole = [0.0, 0.0, out_w as f64, out_h as f64];
             return Ok((state(out_w, out_h, data, whole), Stage::Resized));
         }
-        let row_bytes = w as usize * channels;
+        let row_bytes = w as usize * layout.channels();
         let mut data = super::load::decode_buffer(row_bytes * h as usize, FORMAT)?;
         while cinfo.output_scanline < h {
             deadline.check("load")?;
             let first = cinfo.output_scanline as usize * row_bytes;
             let end = (first + ROWS_PER_READ * row_bytes).min(data.len());
-            read_rows(cinfo, &mut data[first..end], row_bytes)?;
+            read_rows_into(
+                cinfo,
+                &mut data[first..end],
+                row_bytes,
+                cmyk.as_ref().map(|c| (c, &mut scratch)),
+            )?;
         }
         // No jpeg_finish_decompress: all pixels are in, and a missing EOI after complete
         // image data is common in real uploads; damaged scan data has already failed above.

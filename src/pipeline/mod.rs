@@ -385,7 +385,8 @@ pub(crate) const STEPS: [Step; 4] = [
         timing: |t| &mut t.orient,
     },
     // ICC/CMYK → 8-bit sRGB, on the thumbnail (libvips' thumbnail does the same; no
-    // measurable loss, docs/benchmarks.md).
+    // measurable loss for RGB profiles). The worker's CMYK is converted during the load
+    // instead (docs/pipeline.md).
     Step {
         name: "colour",
         run: colour::step,

@@ -33,7 +33,8 @@ pub(super) fn pixel_type(layout: Layout) -> Result<PixelType, PipelineError> {
         Layout::Gray8 => Ok(PixelType::U8),
         Layout::GrayAlpha8 => Ok(PixelType::U8x2),
         Layout::Rgb8 => Ok(PixelType::U8x3),
-        // CMYK is resized in device space (no alpha); the colour step converts afterwards.
+        // CMYK only if a loader handed it over unconverted (the JPEG loader converts it
+        // before resizing; `colour::CmykToRgb`): then it is resized as four plain channels.
         Layout::Rgba8 | Layout::Cmyk8 => Ok(PixelType::U8x4),
         other => Err(internal(format!(
             "resize got {other:?}; 16-bit samples must be narrowed first"
