@@ -3,7 +3,9 @@
 //! `cargo run --release --example avif_sweep -- DIR PARAMS QUALITIES SETTINGS...`
 //!
 //! e.g. `... /tmp/corpus 400w_400h 30,45,60,75 s8:420 s6:420 s6:444 s6:420:sharpness=2`
-//! (`sS` libaom speed, `420`/`444` chroma, then `key=value` libaom options), plus the
+//! (`sS` libaom speed, `420`/`444` chroma, then `key=value` libaom options or `sharp` for
+//! the sharp 4:2:0 conversion instead of libavif's averaging, e.g. `s5:420:sharp:tune=iq`),
+//! plus the
 //! settings `jpeg` (mozjpeg `best`) and `webp-fast` (libwebp, the edge's settings) at the
 //! same qualities (on their own 1–100 scales). Each
 //! image is prepared once (as the worker does) and scored against the full-decode
@@ -13,7 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed unwrap ends the run
 
 use edgethumb::Params;
-use edgethumb::pipeline::encode_avif::{self, AvifInput, AvifSettings, Chroma};
+use edgethumb::pipeline::encode_avif::{self, AvifInput, AvifSettings, Chroma, Downsampling};
 use edgethumb::pipeline::{self, EncodeSpec, Limits, Profile};
 use edgethumb::variant::OutputFormat;
 use edgethumb::worker::tuning::Scorer;
@@ -29,7 +31,15 @@ fn parse_setting(spec: &str) -> Option<AvifSettings> {
         "444" => Chroma::Yuv444,
         _ => return None,
     };
+    let mut chroma_downsampling = Downsampling::Average;
     let options: Vec<(&'static str, &'static str)> = parts
+        .filter(|part| {
+            let sharp = *part == "sharp";
+            if sharp {
+                chroma_downsampling = Downsampling::Sharp;
+            }
+            !sharp
+        })
         .map(|kv| {
             let (k, v) = kv.split_once('=').expect("key=value");
             let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
@@ -39,6 +49,7 @@ fn parse_setting(spec: &str) -> Option<AvifSettings> {
     Some(AvifSettings {
         speed,
         chroma,
+        chroma_downsampling,
         options: Box::leak(options.into_boxed_slice()),
         quality_map: &[],
     })
@@ -69,10 +80,13 @@ fn main() -> anyhow::Result<()> {
     }
     images.sort_by(|a, b| a.0.cmp(&b.0));
     println!("{} images, {}", images.len(), args[2]);
+    // `AVIF_SWEEP_PER_IMAGE=1`: also one line per image (bytes and score), to compare bytes
+    // at an equal score per image, as the worker's search targets one.
+    let per_image = std::env::var_os("AVIF_SWEEP_PER_IMAGE").is_some();
     for setting in &args[4..] {
         for &q in &qualities {
             let (mut bytes, mut scores, mut cpu) = (0usize, Vec::new(), 0f64);
-            for (_, prepared, scorer) in &images {
+            for (path, prepared, scorer) in &images {
                 let t = thread_cpu::now();
                 let other = match setting.as_str() {
                     "jpeg" => Some((OutputFormat::Jpeg, Profile::Best)),
@@ -102,6 +116,14 @@ fn main() -> anyhow::Result<()> {
                 cpu += (thread_cpu::now() - t).as_secs_f64();
                 bytes += encoded.len();
                 scores.push(scorer.score_encoded(&encoded)?);
+                if per_image {
+                    let name = path.file_name().unwrap_or_default().to_string_lossy();
+                    let score = scores.last().copied().unwrap_or_default();
+                    println!(
+                        "  {setting} q{q} {name} bytes {} s2 {score:.2}",
+                        encoded.len()
+                    );
+                }
             }
             let n = scores.len() as f64;
             let mean = scores.iter().sum::<f64>() / n;

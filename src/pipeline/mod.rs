@@ -34,6 +34,7 @@ mod load_webp;
 mod orient;
 mod resize;
 mod resize_rows;
+mod sharp_yuv;
 mod simd_check;
 
 use std::time::{Duration, Instant};
