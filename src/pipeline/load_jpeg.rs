@@ -186,11 +186,15 @@ pub fn load(
         Some(ranges) => ranges.into_iter().filter_map(|r| data.get(r)).collect(),
         None => vec![data],
     };
-    let order = Decoding {
+    decode(
+        &segments,
         scale_denom,
         cmyk_before_resize,
-    };
-    decode(&segments, order, &header, limits, &plan, deadline)
+        &header,
+        limits,
+        &plan,
+        deadline,
+    )
 }
 
 /// Scanlines asked of libjpeg per call (it returns at most one iMCU row's worth anyway).
@@ -251,20 +255,12 @@ impl Drop for Decompressor {
     }
 }
 
-/// How [`decode`] runs: the DCT reduction, and where CMYK becomes RGB.
-#[derive(Debug, Clone, Copy)]
-struct Decoding {
-    scale_denom: u32,
-    /// Convert CMYK as it is decoded, before the resize ([`super::load::Decode::cmyk_before_resize`]).
-    cmyk_before_resize: bool,
-}
-
+/// `cmyk_before_resize`: convert CMYK as it is decoded, before the resize
+/// ([`super::load::Decode::cmyk_before_resize`]).
 fn decode(
     input: &[&[u8]],
-    Decoding {
-        scale_denom,
-        cmyk_before_resize,
-    }: Decoding,
+    scale_denom: u32,
+    cmyk_before_resize: bool,
     header: &JpegHeader,
     limits: &Limits,
     plan: &Plan,
