@@ -326,14 +326,7 @@ fn write_rgb_sharp(
     input: &AvifInput<'_>,
     has_alpha: bool,
 ) -> Result<(), String> {
-    let planes = if has_alpha {
-        avif::AVIF_PLANES_YUV | avif::AVIF_PLANES_A
-    } else {
-        avif::AVIF_PLANES_YUV
-    };
-    // SAFETY: the image is valid; libavif allocates planes of its own size.
-    let allocated = unsafe { avif::avifImageAllocatePlanes(image, planes as _) };
-    check(allocated, "allocate planes")?;
+    allocate_planes(image, has_alpha)?;
     let (w, h, channels) = (input.width as usize, input.height as usize, input.channels);
     let yuv = super::sharp_yuv::rgb_to_yuv420_sharp(input.pixels, w, h, channels);
     let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
@@ -352,6 +345,19 @@ fn write_rgb_sharp(
         copy_alpha(image, input);
     }
     Ok(())
+}
+
+/// Lets libavif allocate the image's Y, U, V (and alpha) planes at its own size and
+/// stride, for the writers that fill them directly.
+fn allocate_planes(image: &mut avif::avifImage, has_alpha: bool) -> Result<(), String> {
+    let planes = if has_alpha {
+        avif::AVIF_PLANES_YUV | avif::AVIF_PLANES_A
+    } else {
+        avif::AVIF_PLANES_YUV
+    };
+    // SAFETY: the image is valid; libavif allocates planes of its own size.
+    let allocated = unsafe { avif::avifImageAllocatePlanes(image, planes as _) };
+    check(allocated, "allocate planes")
 }
 
 /// The last channel of every pixel into the alpha plane, which must have been allocated
@@ -380,14 +386,7 @@ fn write_gray(
     input: &AvifInput<'_>,
     has_alpha: bool,
 ) -> Result<(), String> {
-    let planes = if has_alpha {
-        avif::AVIF_PLANES_YUV | avif::AVIF_PLANES_A
-    } else {
-        avif::AVIF_PLANES_YUV
-    };
-    // SAFETY: the image is valid; libavif allocates planes of its own size.
-    let allocated = unsafe { avif::avifImageAllocatePlanes(image, planes as _) };
-    check(allocated, "allocate planes")?;
+    allocate_planes(image, has_alpha)?;
     let (w, h) = (input.width as usize, input.height as usize);
     let channels = input.channels;
     for y in 0..h {
