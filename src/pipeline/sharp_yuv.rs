@@ -68,6 +68,10 @@ fn linear_to_srgb_exact(l: f32) -> f32 {
     }
 }
 
+/// The transfer tables, built once per process: every encode of a quality search uses the
+/// same ones.
+static TRANSFER: std::sync::LazyLock<Transfer> = std::sync::LazyLock::new(Transfer::new);
+
 /// Lookup tables for the transfer function.
 struct Transfer {
     /// 8-bit code → linear.
@@ -136,25 +140,27 @@ fn to_rgb(y: f32, u: f32, v: f32) -> [f32; 3] {
 /// 3/16, and the diagonal 1/16; a neighbour past the edge is the closest sample again.
 fn upsample(plane: &[f32], cw: usize, ch: usize, w: usize, h: usize, out: &mut [f32]) {
     for j in 0..h {
-        let cj = j / 2;
-        let nj = if j % 2 == 0 {
-            cj.saturating_sub(1)
-        } else {
-            (cj + 1).min(ch - 1)
-        };
+        let (cj, nj) = (j / 2, neighbour(j, ch));
         let (row, adj) = (
             &plane[cj * cw..(cj + 1) * cw],
             &plane[nj * cw..(nj + 1) * cw],
         );
         for i in 0..w {
-            let ci = i / 2;
-            let ni = if i % 2 == 0 {
-                ci.saturating_sub(1)
-            } else {
-                (ci + 1).min(cw - 1)
-            };
+            let (ci, ni) = (i / 2, neighbour(i, cw));
             out[j * w + i] = (9.0 * row[ci] + 3.0 * row[ni] + 3.0 * adj[ci] + adj[ni]) / 16.0;
         }
+    }
+}
+
+/// For full-resolution position `pos` (one axis), the chroma sample beside its closest
+/// one, `pos / 2`, on the side of `pos` (before it for even `pos`, after it for odd), or
+/// the closest one again past the edge of `samples`.
+fn neighbour(pos: usize, samples: usize) -> usize {
+    let closest = pos / 2;
+    if pos.is_multiple_of(2) {
+        closest.saturating_sub(1)
+    } else {
+        (closest + 1).min(samples - 1)
     }
 }
 
@@ -168,7 +174,7 @@ pub fn rgb_to_yuv420_sharp(pixels: &[u8], width: usize, height: usize, channels:
 fn convert(pixels: &[u8], width: usize, height: usize, channels: usize, rounds: usize) -> Yuv420 {
     let (w, h) = (width, height);
     let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-    let transfer = Transfer::new();
+    let transfer = &*TRANSFER;
     let px = |i: usize, j: usize| -> [u8; 3] {
         let at = (j * w + i) * channels;
         [pixels[at], pixels[at + 1], pixels[at + 2]]
