@@ -24,6 +24,52 @@ const TARBALL: &str = "aom-3.12.1.tar.gz";
 const SOURCE_DIR: &str = "aom-3.12.1";
 const CACHE_ENV: &str = "EDGETHUMB_LIBAOM_CACHE";
 
+/// The one change we make to libaom (README.md, "The base-qindex option"): an encoder option
+/// `edgethumb-qindex` (1–255) that sets the base quantiser index directly. libaom's own
+/// controls (`cq-level`, `min-q`/`max-q`, `AV1E_SET_QUANTIZER_ONE_PASS`) take 0–63 and map
+/// each step to about four qindex values, so the worker's quality search could only move in
+/// steps worth up to 8 % of a photo's bytes; the bitstream itself has 256. Each edit is
+/// `(file, anchor, replacement, occurrences)`: the anchor must occur exactly that many times,
+/// so a libaom upgrade that moves the code stops the build rather than silently dropping the
+/// option.
+const SOURCE_EDITS: &[(&str, &str, &str, usize)] = &[
+    (
+        "av1/av1_cx_iface.c",
+        "  int sb_qp_sweep;\n};\n",
+        "  int sb_qp_sweep;\n  unsigned int edgethumb_qindex;  // edgethumb: 0 = use cq_level\n};\n",
+        1,
+    ),
+    (
+        "av1/av1_cx_iface.c",
+        "// sb_qp_sweep\n};\n",
+        "// sb_qp_sweep\n  0,  // edgethumb_qindex\n};\n",
+        2,
+    ),
+    (
+        "av1/av1_cx_iface.c",
+        "  rc_cfg->cq_level = av1_quantizer_to_qindex(extra_cfg->cq_level);\n",
+        "  rc_cfg->cq_level = av1_quantizer_to_qindex(extra_cfg->cq_level);\n\
+  if (extra_cfg->edgethumb_qindex > 0)\n\
+    rc_cfg->cq_level = (int)extra_cfg->edgethumb_qindex;\n",
+        1,
+    ),
+    (
+        "av1/av1_cx_iface.c",
+        "  struct av1_extracfg extra_cfg = ctx->extra_cfg;\n  // Used to mock the argv",
+        "  struct av1_extracfg extra_cfg = ctx->extra_cfg;\n\
+  if (strcmp(name, \"edgethumb-qindex\") == 0) {\n\
+    char *end = NULL;\n\
+    const long qindex = strtol(value, &end, 10);\n\
+    if (end == value || *end != '\\0' || qindex < 1 || qindex > 255)\n\
+      return AOM_CODEC_INVALID_PARAM;\n\
+    extra_cfg.edgethumb_qindex = (unsigned int)qindex;\n\
+    return update_extra_cfg(ctx, &extra_cfg);\n\
+  }\n\
+  // Used to mock the argv",
+        1,
+    ),
+];
+
 fn main() {
     let manifest =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -72,6 +118,7 @@ fn build(tarball: &Path, out: &Path) -> PathBuf {
             .unpack(out)
             .unwrap_or_else(|e| panic!("cannot unpack {}: {e}", tarball.display()));
     }
+    patch(&source);
     cmake::Config::new(&source)
         .profile("Release")
         .define("ENABLE_DOCS", "0")
@@ -81,6 +128,28 @@ fn build(tarball: &Path, out: &Path) -> PathBuf {
         .define("ENABLE_TOOLS", "0")
         .define("CMAKE_INSTALL_LIBDIR", "lib")
         .build()
+}
+
+/// Applies [`SOURCE_EDITS`] to the unpacked source, once: a marker file records that they
+/// were made, so a rebuild in the same `OUT_DIR` does not look for anchors already replaced.
+fn patch(source: &Path) {
+    let marker = source.join(".edgethumb-edits-applied");
+    if marker.exists() {
+        return;
+    }
+    for (file, anchor, replacement, occurrences) in SOURCE_EDITS {
+        let path = source.join(file);
+        let text = fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let found = text.matches(anchor).count();
+        assert_eq!(
+            found, *occurrences,
+            "libaom source edit: expected {occurrences} of {anchor:?} in {file}, found {found}"
+        );
+        fs::write(&path, text.replace(anchor, replacement))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+    fs::write(&marker, "").unwrap_or_else(|e| panic!("cannot write {}: {e}", marker.display()));
 }
 
 /// The cache entry's name: the libaom version, the target, and a hash of the C compiler and
@@ -94,6 +163,7 @@ fn cache_key() -> String {
     let mut hasher = DefaultHasher::new();
     compiler.path().hash(&mut hasher);
     compiler.args().hash(&mut hasher);
+    SOURCE_EDITS.hash(&mut hasher);
     for var in ["CMAKE_TOOLCHAIN_FILE", "CMAKE_GENERATOR"] {
         env::var_os(var).hash(&mut hasher);
     }
