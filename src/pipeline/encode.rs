@@ -71,6 +71,29 @@ pub fn encode(image: &Prepared, spec: &EncodeSpec) -> Result<Vec<u8>, PipelineEr
     }
 }
 
+/// AVIF at an explicit base quantiser index rather than a JPEG-like `q`: the worker's quality
+/// search settles between two neighbouring `q`s, which are up to a whole libaom quantiser
+/// (four qindex) apart at the top of the map (`encode_avif::qindex_for`).
+pub fn encode_avif_at_qindex(
+    image: &Prepared,
+    qindex: u8,
+    settings: &encode_avif::AvifSettings,
+) -> Result<Vec<u8>, PipelineError> {
+    let (pixels, channels) = packed_channels(image);
+    let input = encode_avif::AvifInput {
+        pixels: &pixels,
+        width: image.width,
+        height: image.height,
+        channels,
+    };
+    encode_avif::encode_at_qindex(&input, qindex, settings).map_err(|reason| {
+        PipelineError::Encode {
+            format: OutputFormat::Avif,
+            reason,
+        }
+    })
+}
+
 /// The pixels as encoders that store gray compactly want them, with their channel count:
 /// RGB (3) or RGBA (4) as prepared, or for a gray source gray (1) or gray + alpha (2).
 fn packed_channels(image: &Prepared) -> (Cow<'_, [u8]>, usize) {

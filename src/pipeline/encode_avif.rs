@@ -6,7 +6,7 @@
 //! does the container (ispe, pixi, colr, alpha auxiliary image), the RGB→YUV conversion
 //! and, for the worker's quality search, the decode.
 //!
-//! - `quality` is on the URL's JPEG-like scale: [`libavif_quality`] maps it so that `80q`
+//! - `quality` is on the URL's JPEG-like scale: [`qindex_for`] maps it so that `80q`
 //!   gives about the SSIMULACRA2 score of a q80 JPEG (one measured table per profile).
 //! - `fast` (edge) and `best` (worker) differ in libaom's settings: [`AvifSettings`].
 //! - 8-bit 4:2:0 (4:0:0 for gray images; the worker's chroma made by the "sharp" conversion
@@ -54,7 +54,7 @@ pub struct AvifSettings {
     /// libaom codec options (`key=value`, as `aomenc --key=value`).
     pub options: &'static [(&'static str, &'static str)],
     /// `(JPEG-like q, libavif quality)` pairs with the same mean SSIMULACRA2 at these
-    /// settings, linear in between: see [`libavif_quality`].
+    /// settings, linear in between: see [`qindex_for`].
     pub quality_map: &'static [(u8, u8)],
 }
 
@@ -109,32 +109,91 @@ impl AvifSettings {
     }
 }
 
-/// The libavif quality (0–100) for a JPEG-like `q` under `map`: so that `80q` gives about
-/// the SSIMULACRA2 of a q80 mozjpeg JPEG (measured means over the kit's photos, mozjpeg
-/// `best` at 400 px: q30 52.9, q50 66.0, q70 74.3, q80 79.1, q90 84.8).
+impl AvifSettings {
+    /// The worker's quality search measures its candidates with this stand-in
+    /// (`worker::tuning`): libaom speed 6 costs about a quarter of speed 5's CPU and a tenth
+    /// of speed 3's at 400 px, and its score moves with qindex as theirs do, about a point
+    /// lower (`examples/avif_sweep`, docs/benchmarks.md, "Session 9").
+    pub fn search_proxy(self) -> AvifSettings {
+        AvifSettings {
+            speed: PROXY_SPEED,
+            ..self
+        }
+    }
+
+    /// The encoder of a tuned output of `pixels` pixels: libaom speed 3, which reaches a
+    /// given SSIMULACRA2 in ~3 % fewer bytes than speed 5 for 2.7× its CPU (it only ever
+    /// encodes the one or two finalists of a search, not the search itself), up to
+    /// [`SLOW_OUTPUT_MAX_PIXELS`]; bigger outputs keep `self`, so a batch of large tuned
+    /// variants stays well inside the worker's timeout.
+    pub fn tuned_output(self, pixels: u64) -> AvifSettings {
+        if pixels > SLOW_OUTPUT_MAX_PIXELS {
+            return self;
+        }
+        AvifSettings {
+            speed: SLOW_OUTPUT_SPEED,
+            ..self
+        }
+    }
+}
+
+/// libaom speed of [`AvifSettings::search_proxy`].
+pub const PROXY_SPEED: i32 = 6;
+/// libaom speed of [`AvifSettings::tuned_output`].
+pub const SLOW_OUTPUT_SPEED: i32 = 3;
+/// The largest tuned output encoded at [`SLOW_OUTPUT_SPEED`]: 1024×683 and every smaller
+/// thumbnail (~2.6 s of CPU per encode at this size).
+pub const SLOW_OUTPUT_MAX_PIXELS: u64 = 1_000_000;
+
+/// The base quantiser index (libaom's qindex, 1–255) for a JPEG-like `q` under `map`: so that
+/// `80q` gives about the SSIMULACRA2 of a q80 mozjpeg JPEG (measured means over the kit's
+/// photos, mozjpeg `best` at 400 px: q30 52.9, q50 66.0, q70 74.3, q80 79.1, q90 84.8).
 ///
-/// What the encoder really takes is one of libaom's 64 quantisers, and libavif rounds its
-/// quality onto them. Rounding the interpolated quality first and the quantiser again
-/// skipped quantisers where the map is steep (24 and 19 of the worker's map were
-/// unreachable), and a skipped quantiser is a whole step the quality search cannot stop
-/// at: 1.5 SSIMULACRA2 points and 8 % of bytes on one photo. So the interpolation is
-/// rounded once, in quantiser space, and the quality returned is the one nearest it that
-/// libavif turns into that quantiser.
-pub fn libavif_quality(q: u8, map: &[(u8, u8)]) -> i32 {
-    let wanted = interpolate(q, map);
-    let quantizer = ((100.0 - wanted) * 63.0 / 100.0).round().clamp(0.0, 63.0) as i32;
-    (0..=100)
-        .filter(|&quality| quantizer_of(quality) == quantizer)
-        .min_by(|&a, &b| {
-            let (da, db) = ((f64::from(a) - wanted).abs(), (f64::from(b) - wanted).abs());
-            da.total_cmp(&db)
-        })
-        .unwrap_or_else(|| wanted.round() as i32)
+/// The map is in libavif's quality (0–100); it is read linearly at `q`, carried through
+/// libavif's quality → quantiser formula and libaom's quantiser → qindex table without
+/// rounding, and rounded once, in qindex. libaom's own API stops at its 64 quantisers, four
+/// qindex apart, and one of those steps is worth up to 1.5 SSIMULACRA2 points and 8 % of a
+/// photo's bytes, so the worker's quality search overshot its target by half a step on
+/// average; our libaom build takes the qindex itself (`third_party/libaom-sys`, the
+/// `edgethumb-qindex` option), and the search steps through it ([`crate::worker::tuning`]).
+pub fn qindex_for(q: u8, map: &[(u8, u8)]) -> u8 {
+    let quantizer = (100.0 - interpolate(q, map)) * 63.0 / 100.0;
+    qindex_between_quantizers(quantizer)
+}
+
+/// libaom's quantiser → qindex table (`quantizer_to_qindex` in av1/encoder/av1_quantize.c),
+/// read linearly between its entries and rounded.
+fn qindex_between_quantizers(quantizer: f64) -> u8 {
+    let quantizer = quantizer.clamp(0.0, 63.0);
+    let below = quantizer.floor() as i32;
+    let (a, b) = (
+        f64::from(qindex_of_quantizer(below)),
+        f64::from(qindex_of_quantizer(below + 1)),
+    );
+    (a + (quantizer - f64::from(below)) * (b - a))
+        .round()
+        .clamp(1.0, 255.0) as u8
+}
+
+/// libaom's `quantizer_to_qindex` table: 4 qindex per quantiser, then 249 and 255.
+pub fn qindex_of_quantizer(quantizer: i32) -> u8 {
+    match quantizer.clamp(0, 63) {
+        62 => 249,
+        63 => 255,
+        q => (q * 4) as u8,
+    }
 }
 
 /// libavif 1.0's own quality → quantiser rounding (`avifQualityToQuantizer`).
 pub fn quantizer_of(quality: i32) -> i32 {
     ((100 - quality.clamp(0, 100)) * 63 + 50) / 100
+}
+
+/// The libavif quality (0–100) nearest a qindex: libavif still wants one, and the alpha
+/// plane's quality is derived from the colour's.
+fn libavif_quality_of(qindex: u8) -> i32 {
+    let quantizer = f64::from(qindex) * 63.0 / 255.0;
+    (100.0 - quantizer * 100.0 / 63.0).round().clamp(0.0, 100.0) as i32
 }
 
 /// `map` read linearly at `q` (not rounded).
@@ -207,20 +266,41 @@ pub struct AvifInput<'a> {
     pub channels: usize,
 }
 
-/// Encode at a JPEG-like `quality` (see [`libavif_quality`]) with `profile`'s settings.
+/// Encode at a JPEG-like `quality` (see [`qindex_for`]) with `profile`'s settings.
 pub fn encode(input: &AvifInput<'_>, quality: u8, profile: Profile) -> Result<Vec<u8>, String> {
     let settings = AvifSettings::for_profile(profile);
-    encode_with(
-        input,
-        libavif_quality(quality, settings.quality_map),
-        &settings,
-    )
+    encode_at_qindex(input, qindex_for(quality, settings.quality_map), &settings)
 }
 
-/// Encode at libavif's own `quality` (0–100) with explicit settings.
+/// Encode at libavif's own `quality` (0–100) with explicit settings, through libaom's own
+/// 64-step API (`examples/avif_sweep` measures settings on that scale).
 pub fn encode_with(
     input: &AvifInput<'_>,
     quality: i32,
+    settings: &AvifSettings,
+) -> Result<Vec<u8>, String> {
+    encode_raw(input, quality, None, settings)
+}
+
+/// Encode at base quantiser index `qindex` (1–255; 0, lossless, is not offered) with
+/// explicit settings.
+pub fn encode_at_qindex(
+    input: &AvifInput<'_>,
+    qindex: u8,
+    settings: &AvifSettings,
+) -> Result<Vec<u8>, String> {
+    if qindex == 0 {
+        return Err("qindex 0 (lossless) is not offered".to_string());
+    }
+    encode_raw(input, libavif_quality_of(qindex), Some(qindex), settings)
+}
+
+/// One encode: libavif `quality` (which also sets the alpha plane's), and the colour plane's
+/// qindex when given (otherwise libaom's quantiser for `quality`).
+fn encode_raw(
+    input: &AvifInput<'_>,
+    quality: i32,
+    qindex: Option<u8>,
     settings: &AvifSettings,
 ) -> Result<Vec<u8>, String> {
     let (w, h, channels) = (input.width, input.height, input.channels);
@@ -270,9 +350,17 @@ pub fn encode_with(
     encoder.maxThreads = 1;
     encoder.speed = settings.speed;
     encoder.quality = quality.clamp(0, 100);
-    for (key, value) in settings.options {
-        let key = std::ffi::CString::new(*key).map_err(|e| e.to_string())?;
-        let value = std::ffi::CString::new(*value).map_err(|e| e.to_string())?;
+    // The colour plane's qindex, past libaom's 64-step API (see `qindex_for`); the alpha
+    // plane keeps its own quality below.
+    let qindex_option = qindex.map(|qindex| ("color:edgethumb-qindex", qindex.to_string()));
+    let options = settings
+        .options
+        .iter()
+        .map(|&(key, value)| (key, value.to_string()))
+        .chain(qindex_option);
+    for (key, value) in options {
+        let key = std::ffi::CString::new(key).map_err(|e| e.to_string())?;
+        let value = std::ffi::CString::new(value).map_err(|e| e.to_string())?;
         // SAFETY: the encoder is valid; libavif copies both strings.
         let set = unsafe {
             avif::avifEncoderSetCodecSpecificOption(handles.encoder, key.as_ptr(), value.as_ptr())
@@ -480,52 +568,97 @@ mod tests {
             let map = AvifSettings::for_profile(profile).quality_map;
             assert_eq!(map.first().map(|p| p.0), Some(1));
             assert_eq!(map.last().map(|p| p.0), Some(100));
-            let mut last = 0;
+            let mut last = u8::MAX;
             for q in 1..=100u8 {
-                let a = libavif_quality(q, map);
-                assert!(a >= last, "{profile:?}: q{q} → {a} after {last}");
-                assert!((1..=100).contains(&a));
-                last = a;
+                let qindex = qindex_for(q, map);
+                assert!(qindex <= last, "{profile:?}: q{q} → {qindex} after {last}");
+                assert!(qindex >= 1);
+                last = qindex;
             }
+            // At an anchor, within half a quantiser of what libaom's own API gives the
+            // anchor's libavif quality (which rounds to a quantiser first).
             for &(q, a) in map {
-                assert_eq!(libavif_quality(q, map), i32::from(a));
+                let own = i32::from(qindex_of_quantizer(quantizer_of(i32::from(a))));
+                let ours = i32::from(qindex_for(q, map));
+                assert!((own - ours).abs() <= 2, "{profile:?} q{q}: {ours} vs {own}");
             }
         }
-        // Between anchors: linear.
-        assert_eq!(libavif_quality(40, &[(1, 1), (30, 30), (50, 50)]), 40);
+        // Between anchors: linear (quality 40 → quantiser 37.8 → qindex 151.2).
+        assert_eq!(qindex_for(40, &[(1, 1), (30, 30), (50, 50)]), 151);
     }
 
-    /// The quantiser libaom gets is the map's value rounded once, so wherever the map moves
-    /// by at most one quantiser per `q` step, every quantiser is some `q`'s and the search
-    /// can stop at it (rounding to a libavif quality first, and libavif rounding again,
-    /// skipped 24 and 19 of the worker's map). Where the map is steeper (the top of the
-    /// worker's map), skipping is the map's own doing.
+    /// The qindex is the map rounded once: wherever the map moves by at most one qindex per
+    /// `q` step, no qindex is skipped, so the quality search can stop at every one.
     #[test]
-    fn the_quantiser_is_the_map_rounded_once() {
+    fn the_qindex_is_the_map_rounded_once() {
         for profile in [Profile::Fast, Profile::Best] {
             let map = AvifSettings::for_profile(profile).quality_map;
-            let exact = |q: u8| (100.0 - interpolate(q, map)) * 63.0 / 100.0;
-            for q in 1..=100u8 {
+            // Below quantiser 62 libaom's table is 4 × the quantiser.
+            let exact = |q: u8| (100.0 - interpolate(q, map)) * 63.0 / 100.0 * 4.0;
+            for q in 30..=95u8 {
                 assert_eq!(
-                    quantizer_of(libavif_quality(q, map)),
-                    exact(q).round() as i32,
+                    f64::from(qindex_for(q, map)),
+                    exact(q).round(),
                     "{profile:?} q{q}"
                 );
-            }
-            for q in 30..95u8 {
-                let (here, next) = (
-                    quantizer_of(libavif_quality(q, map)),
-                    quantizer_of(libavif_quality(q + 1, map)),
-                );
+                let (here, next) = (qindex_for(q, map), qindex_for(q + 1, map));
                 if exact(q) - exact(q + 1) <= 1.0 {
                     assert!(
                         here - next <= 1,
-                        "{profile:?}: q{q} quantiser {here}, q{} {next}",
+                        "{profile:?}: q{q} {here}, q{} {next}",
                         q + 1
                     );
                 }
             }
         }
+        assert_eq!(qindex_of_quantizer(0), 0);
+        assert_eq!(qindex_of_quantizer(61), 244);
+        assert_eq!(qindex_of_quantizer(62), 249);
+        assert_eq!(qindex_of_quantizer(63), 255);
+        assert_eq!(qindex_between_quantizers(61.5), 247);
+    }
+
+    fn noise(w: u32, h: u32) -> Vec<u8> {
+        let mut state = 0x2545_f491_u32;
+        (0..w * h * 3)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                // Texture plus a gradient, so every qindex step changes something.
+                ((state % 64) + i * 191 / (w * h * 3)) as u8
+            })
+            .collect()
+    }
+
+    /// Our libaom build's `edgethumb-qindex` option (`third_party/libaom-sys`): at a
+    /// quantiser's own qindex it gives byte for byte what libaom's 64-step API gives, and
+    /// the qindex values in between are real, distinct steps. A libaom without the option
+    /// fails the encode (libavif rejects the unknown option) rather than ignoring it.
+    #[test]
+    fn our_libaom_takes_every_qindex() {
+        let pixels = noise(96, 64);
+        let input = AvifInput {
+            pixels: &pixels,
+            width: 96,
+            height: 64,
+            channels: 3,
+        };
+        let best = AvifSettings::for_profile(Profile::Best);
+        for quality in [40, 55, 70] {
+            let own = encode_with(&input, quality, &best).unwrap();
+            let qindex = qindex_of_quantizer(quantizer_of(quality));
+            let ours = encode_at_qindex(&input, qindex, &best).unwrap();
+            assert_eq!(own, ours, "quality {quality} = qindex {qindex}");
+        }
+        let sizes: Vec<usize> = (100..=108u8)
+            .map(|qindex| encode_at_qindex(&input, qindex, &best).unwrap().len())
+            .collect();
+        let mut distinct = sizes.clone();
+        distinct.dedup();
+        assert!(distinct.len() >= 7, "{sizes:?}");
+        assert!(sizes.first() > sizes.last(), "{sizes:?}");
+        assert!(encode_at_qindex(&input, 0, &best).is_err());
     }
 
     #[test]

@@ -460,6 +460,16 @@ impl Prepared {
     pub fn encode(&self, spec: &EncodeSpec) -> Result<Vec<u8>, PipelineError> {
         encode::encode(self, spec)
     }
+
+    /// AVIF at base quantiser index `qindex`: the worker's quality search steps between the
+    /// `q`s of the URL scale ([`encode_avif::qindex_for`]).
+    pub fn encode_avif_at_qindex(
+        &self,
+        qindex: u8,
+        settings: &encode_avif::AvifSettings,
+    ) -> Result<Vec<u8>, PipelineError> {
+        encode::encode_avif_at_qindex(self, qindex, settings)
+    }
 }
 
 /// Convenience: prepare and encode once with the URL's quality (or the default).
