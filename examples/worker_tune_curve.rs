@@ -1,14 +1,15 @@
 //! Score and size against quality for one image, and what the worker's tuner picks.
 //!
-//! `cargo run --release --example worker_tune_curve -- IMAGE PARAMS [TARGET [STEP]]`
-//! (STEP: quality step of the printed curve, default 5)
+//! `cargo run --release --example worker_tune_curve -- IMAGE PARAMS [TARGET [STEP [qindex]]]`
+//! (STEP: quality step of the printed curve, default 5; `qindex`, for AVIF: the curve over
+//! libaom's base qindex instead, every STEP-th from q95's to q30's)
 //! (used to choose the tuner's start, step and default target; see docs/worker.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: a failed unwrap ends the run
 
 use std::time::Instant;
 
 use edgethumb::Params;
-use edgethumb::pipeline::{self, EncodeSpec, Limits, Profile};
+use edgethumb::pipeline::{self, EncodeSpec, Limits, Profile, encode_avif};
 use edgethumb::worker::tuning::{self, Scorer, TuningConfig};
 
 fn main() -> anyhow::Result<()> {
@@ -23,11 +24,13 @@ fn main() -> anyhow::Result<()> {
     let source = std::fs::read(path)?;
     let params: Params = spec.parse()?;
     let limits = Limits::default();
+    let by_qindex = args.get(5).is_some_and(|a| a == "qindex");
+    // As the worker does: decoded at its margin, and those pixels are the reference.
     let t = Instant::now();
-    let prepared = pipeline::prepare(&source, &params, &limits)?;
+    let prepared = pipeline::prepare_for(&source, &params, &limits, Profile::Best)?;
     let t_prepare = t.elapsed();
     let t = Instant::now();
-    let reference = pipeline::prepare_reference(&source, &params, &limits)?;
+    let reference = prepared.clone();
     let t_reference = t.elapsed();
     let format = params.output_format(prepared.source_format);
     let scorer =
@@ -40,6 +43,20 @@ fn main() -> anyhow::Result<()> {
         t_reference,
         scorer.score(&prepared)?
     );
+    if by_qindex {
+        let map = encode_avif::AvifSettings::for_profile(Profile::Best).quality_map;
+        let (top, bottom) = (
+            encode_avif::qindex_for(95, map),
+            encode_avif::qindex_for(30, map),
+        );
+        for qindex in (top..=bottom).step_by(step.max(1)) {
+            let settings = encode_avif::AvifSettings::for_profile(Profile::Best);
+            let bytes = prepared.encode_avif_at_qindex(qindex, &settings)?;
+            let score = scorer.score_encoded(&bytes)?;
+            println!("qindex {qindex:3} {:8} B  s2 {score:6.2}", bytes.len());
+        }
+        return Ok(());
+    }
     for q in (30..=95).step_by(step.max(1)) {
         let t = Instant::now();
         let bytes = prepared.encode(&EncodeSpec {

@@ -22,6 +22,7 @@ use std::borrow::Cow;
 
 use fast_ssim2::{PixelDescriptor, PixelSlice, Ssimulacra2Reference};
 
+use crate::pipeline::encode_avif::{self, AvifSettings};
 use crate::pipeline::{self, EncodeSpec, PipelineError, Prepared, Profile};
 use crate::variant::{DEFAULT_QUALITY, OutputFormat, Params};
 
@@ -61,6 +62,13 @@ pub const UNREACHABLE_SLACK: f64 = 1.0;
 /// The ceiling is only measured once a candidate this good still fails the target: a
 /// failure at a low quality is the normal first step of the search, not a sign of it.
 pub const CEILING_CHECK_QUALITY: u8 = 85;
+/// Encodes an AVIF search may spend, on top of [`TuningConfig::max_encodes`], between the
+/// lowest passing `q` and the failing one under it. Two neighbouring `q`s are up to one
+/// libaom quantiser (four base qindex) apart at the top of the AVIF map, and one quantiser is
+/// up to 8 % of a photo's bytes, so the search overshot its target by half of one on
+/// average; our libaom takes the qindex itself (`encode_avif::qindex_for`). Two encodes
+/// interpolated inside that bracket settle most of it (docs/worker.md, "AVIF").
+pub const FINE_AVIF_ENCODES: u32 = 2;
 
 /// How to tune.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,6 +102,9 @@ pub struct Choice {
     /// Why this quality: `tuned`, `url` (the URL set `q`), `lossless`, `too-small`,
     /// `too-large` (over [`MAX_SCORED_PIXELS`]), `untuned` (no reference), `unreachable`.
     pub method: &'static str,
+    /// AVIF whose search went on below the `q` scale ([`FINE_AVIF_ENCODES`]): libaom's base
+    /// qindex of `bytes`, between `quality`'s and the failing step under it.
+    pub qindex: Option<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +267,7 @@ pub fn encode_best(
             score: None,
             encodes: 1,
             method,
+            qindex: None,
         })
     };
     if !format.is_lossy() {
@@ -273,9 +285,168 @@ pub fn encode_best(
     let Some(scorer) = Scorer::for_output(reference, format)? else {
         return fixed(DEFAULT_QUALITY, "too-small");
     };
-    search(&scorer, prepared, format, config, |q| {
-        Ok(prepared.encode(&spec(q))?)
-    })
+    if format == OutputFormat::Avif {
+        return avif_search(&scorer, prepared, config);
+    }
+    let mut encode = |q: u8| Ok(prepared.encode(&spec(q))?);
+    Ok(search(&scorer, prepared, format, config, &mut encode, None)?.choice)
+}
+
+/// The AVIF search: the bounded search and its fine steps run on libaom's fast stand-in
+/// ([`AvifSettings::search_proxy`], speed 6, a tenth of the output encoder's CPU), and then
+/// [`final_search`] settles the output encoder's qindex near the stand-in's answer. The
+/// output encoder ([`AvifSettings::tuned_output`], speed 3) reaches a given score in ~3 %
+/// fewer bytes than speed 5, but at 2.7× its CPU it could not afford a search of its own
+/// within the worker's CPU budget (docs/worker.md, "AVIF").
+fn avif_search(
+    scorer: &Scorer,
+    prepared: &Prepared,
+    config: &TuningConfig,
+) -> Result<Choice, TuneError> {
+    let best = AvifSettings::for_profile(Profile::Best);
+    let output = best.tuned_output(u64::from(prepared.width) * u64::from(prepared.height));
+    let proxy = best.search_proxy();
+    let qindex_of = |q| encode_avif::qindex_for(q, output.quality_map);
+    let mut encode_q = |q: u8| Ok(prepared.encode_avif_at_qindex(qindex_of(q), &proxy)?);
+    let mut encode_qindex = |qindex: u8| Ok(prepared.encode_avif_at_qindex(qindex, &proxy)?);
+    let fine = FineSteps {
+        qindex_of: &qindex_of,
+        encode: &mut encode_qindex,
+        max_encodes: FINE_AVIF_ENCODES,
+    };
+    let searched = search(
+        scorer,
+        prepared,
+        OutputFormat::Avif,
+        config,
+        &mut encode_q,
+        Some(fine),
+    )?;
+    let mut choice = searched.choice;
+    let proxy_qindex = choice.qindex.unwrap_or_else(|| qindex_of(choice.quality));
+    let mut measure = |qindex: u8| -> Result<(f64, Vec<u8>), TuneError> {
+        let bytes = prepared.encode_avif_at_qindex(qindex, &output)?;
+        Ok((scorer.score_encoded(&bytes)?, bytes))
+    };
+    if !searched.plain_target {
+        // Unreachable, or a target lowered under the ceiling: the stand-in's qindex as it
+        // is, from the output encoder.
+        let (score, bytes) = measure(proxy_qindex)?;
+        choice.encodes += 1;
+        choice.bytes = bytes;
+        choice.score = Some(score);
+        choice.qindex = Some(proxy_qindex);
+        return Ok(choice);
+    }
+    let slope = searched
+        .slope
+        .unwrap_or(PROXY_SLOPE)
+        .clamp(PROXY_SLOPE / 3.0, PROXY_SLOPE * 3.0);
+    let found = final_search(
+        config.target_score,
+        proxy_qindex,
+        slope,
+        FINAL_AVIF_ENCODES,
+        &mut measure,
+    )?;
+    choice.encodes += found.encodes;
+    // Nothing passed (rare: the output encoder scored under the stand-in even at its
+    // qindex): the stand-in's own encode reaches the target, and is written.
+    if let Some((trial, bytes)) = found.pass {
+        choice.bytes = bytes;
+        choice.score = Some(trial.score);
+        choice.qindex = Some(trial.qindex);
+    } else {
+        choice.qindex = Some(proxy_qindex);
+    }
+    Ok(choice)
+}
+
+/// Where the output encoder's search starts, in qindex above the stand-in's answer: at equal
+/// qindex libaom's speed 3 scores 1.0–1.5 SSIMULACRA2 points over speed 6 on the kit's
+/// photos (`examples/avif_sweep`), about four qindex at [`PROXY_SLOPE`].
+pub const PROXY_OFFSET: u8 = 4;
+/// Score points per qindex near the worker's targets (photos at 400 px, q45–q58 of the
+/// AVIF map), used when the stand-in's search measured no slope of its own.
+pub const PROXY_SLOPE: f64 = 0.27;
+/// Bound on the output encoder's encodes after the stand-in's search.
+pub const FINAL_AVIF_ENCODES: u32 = 2;
+
+/// The output encoder's qindex: the largest (lowest quality) that reaches `target`, starting
+/// [`PROXY_OFFSET`] above the stand-in's answer `proxy_qindex` and stepping by the score gap
+/// over `slope`, with at most `max_encodes` encodes. It stops as soon as the next step is
+/// expected to fail (less than one qindex of score to spare). Nothing passing is left to the
+/// caller, which then writes the stand-in's own encode (it reaches the target).
+fn final_search(
+    target: f64,
+    proxy_qindex: u8,
+    slope: f64,
+    max_encodes: u32,
+    measure: &mut dyn FnMut(u8) -> Result<(f64, Vec<u8>), TuneError>,
+) -> Result<FineFound, TuneError> {
+    let mut found = FineFound {
+        pass: None,
+        encodes: 0,
+        bracket: None,
+    };
+    let mut fail: Option<FineTrial> = None;
+    let mut tried: Vec<u8> = Vec::new();
+    let mut next = proxy_qindex.saturating_add(PROXY_OFFSET);
+    while found.encodes < max_encodes {
+        let (score, bytes) = measure(next)?;
+        found.encodes += 1;
+        tried.push(next);
+        let trial = FineTrial {
+            qindex: next,
+            score,
+        };
+        if score >= target {
+            if found.pass.as_ref().is_none_or(|(p, _)| p.qindex < next) {
+                found.pass = Some((trial, bytes));
+            }
+        } else if fail.is_none_or(|f| f.qindex > next) {
+            fail = Some(trial);
+        }
+        let pass = found.pass.as_ref().map(|(p, _)| *p);
+        let guess = match (pass, fail) {
+            (Some(p), Some(f)) => {
+                if f.qindex <= p.qindex.saturating_add(1) {
+                    break;
+                }
+                let rise = (p.score - f.score).max(1e-6);
+                let crossing = f64::from(f.qindex)
+                    - (target - f.score) / rise * f64::from(f.qindex - p.qindex);
+                (crossing.floor() as i32).clamp(i32::from(p.qindex) + 1, i32::from(f.qindex) - 1)
+            }
+            (Some(p), None) => {
+                let spare = ((p.score - target) / slope).floor() as i32;
+                if spare < 1 {
+                    break;
+                }
+                i32::from(p.qindex) + spare
+            }
+            (None, Some(f)) => {
+                let short = ((target - f.score) / slope).ceil().max(1.0) as i32;
+                i32::from(f.qindex) - short
+            }
+            (None, None) => break,
+        };
+        let guess = guess.clamp(1, 255) as u8;
+        if tried.contains(&guess) {
+            break;
+        }
+        next = guess;
+    }
+    Ok(found)
+}
+
+/// Steps finer than the `q` scale, for an encoder that has them (AVIF: libaom's base qindex,
+/// where a larger index is a lower quality).
+struct FineSteps<'a> {
+    /// The fine step a `q` stands for.
+    qindex_of: &'a dyn Fn(u8) -> u8,
+    encode: &'a mut dyn FnMut(u8) -> Result<Vec<u8>, TuneError>,
+    max_encodes: u32,
 }
 
 /// One measured candidate.
@@ -286,6 +457,16 @@ struct Trial {
     bytes: Vec<u8>,
 }
 
+/// What [`search`] found, with what the AVIF search goes on from.
+struct Searched {
+    choice: Choice,
+    /// The choice passed the caller's own target (not one lowered under the ceiling, nor
+    /// the best of an unreachable one).
+    plain_target: bool,
+    /// Score points per qindex across the last fine bracket, when the fine steps ran.
+    slope: Option<f64>,
+}
+
 /// The bounded search, separated from the encoder so it can be tested with a synthetic
 /// score curve.
 fn search(
@@ -293,11 +474,16 @@ fn search(
     prepared: &Prepared,
     format: OutputFormat,
     config: &TuningConfig,
-    mut encode: impl FnMut(u8) -> Result<Vec<u8>, TuneError>,
-) -> Result<Choice, TuneError> {
+    encode: &mut dyn FnMut(u8) -> Result<Vec<u8>, TuneError>,
+    fine: Option<FineSteps<'_>>,
+) -> Result<Searched, TuneError> {
+    // Every score measured, by quality: the fine steps start from the failing one under
+    // the choice.
+    let mut measured: Vec<(u8, f64)> = Vec::new();
     let mut measure = |q: u8| -> Result<Trial, TuneError> {
         let bytes = encode(q)?;
         let score = scorer.score_encoded(&bytes)?;
+        measured.push((q, score));
         Ok(Trial {
             quality: q,
             score,
@@ -306,17 +492,131 @@ fn search(
     };
     // The ceiling (resize only, no compression) is measured lazily: only an image that
     // fails the target at the first quality can need it.
-    let mut ceiling = || scorer.score(prepared);
+    let mut ceiling_measured = false;
+    let mut ceiling = || {
+        ceiling_measured = true;
+        scorer.score(prepared)
+    };
     let choice = bounded_search(config, Prior::of(format), &mut measure, &mut ceiling)?;
-    let (trial, encodes, method) = choice;
-    Ok(Choice {
+    let (trial, mut encodes, method) = choice;
+    let chosen = Choice {
         bytes: trial.bytes,
         format,
         quality: trial.quality,
         score: Some(trial.score),
         encodes,
         method,
-    })
+        qindex: None,
+    };
+    // Only below a plain pass of the caller's target: a target lowered under the ceiling,
+    // or an unreachable one, is not what the failing neighbour failed.
+    let plain_target = method == "tuned" && !ceiling_measured;
+    let mut searched = Searched {
+        choice: chosen,
+        plain_target,
+        slope: None,
+    };
+    let Some(fine) = fine.filter(|_| plain_target) else {
+        return Ok(searched);
+    };
+    let below = measured
+        .iter()
+        .filter(|(q, score)| *q < trial.quality && *score < config.target_score)
+        .max_by_key(|(q, _)| *q);
+    if let Some(&(q_below, score_below)) = below {
+        let pass = FineTrial {
+            qindex: (fine.qindex_of)(trial.quality),
+            score: trial.score,
+        };
+        let fail = FineTrial {
+            qindex: (fine.qindex_of)(q_below),
+            score: score_below,
+        };
+        let mut fine_measure = |qindex: u8| -> Result<(f64, Vec<u8>), TuneError> {
+            let bytes = (fine.encode)(qindex)?;
+            Ok((scorer.score_encoded(&bytes)?, bytes))
+        };
+        let found = fine_search(
+            config.target_score,
+            fail,
+            pass,
+            fine.max_encodes,
+            &mut fine_measure,
+        )?;
+        encodes += found.encodes;
+        let chosen = &mut searched.choice;
+        chosen.encodes = encodes;
+        chosen.qindex = Some(pass.qindex);
+        if let Some((trial, bytes)) = found.pass {
+            chosen.bytes = bytes;
+            chosen.score = Some(trial.score);
+            chosen.qindex = Some(trial.qindex);
+        }
+        searched.slope = found.bracket.and_then(|(f, p)| {
+            let span = f64::from(f.qindex.saturating_sub(p.qindex));
+            (span > 0.0 && p.score > f.score).then(|| (p.score - f.score) / span)
+        });
+    }
+    Ok(searched)
+}
+
+/// One measured fine step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FineTrial {
+    qindex: u8,
+    score: f64,
+}
+
+/// What [`fine_search`] found: the passing step with the largest qindex (when one beat the
+/// bracket's own passing end) and the encodes spent.
+struct FineFound {
+    pass: Option<(FineTrial, Vec<u8>)>,
+    encodes: u32,
+    /// The last `(fail, pass)` bracket (only [`fine_search`] keeps one).
+    bracket: Option<(FineTrial, FineTrial)>,
+}
+
+/// The largest qindex (lowest quality) still reaching `target`, strictly between `fail` and
+/// `pass` (`fail.qindex > pass.qindex`), with at most `max_encodes` measurements: each one
+/// where the straight line between the bracket's ends crosses the target, rounded to the
+/// passing side, so on a locally straight curve the first lands on the answer and the
+/// second proves the step above it fails.
+fn fine_search(
+    target: f64,
+    mut fail: FineTrial,
+    mut pass: FineTrial,
+    max_encodes: u32,
+    measure: &mut dyn FnMut(u8) -> Result<(f64, Vec<u8>), TuneError>,
+) -> Result<FineFound, TuneError> {
+    let mut found = FineFound {
+        pass: None,
+        encodes: 0,
+        bracket: None,
+    };
+    while found.encodes < max_encodes && fail.qindex > pass.qindex.saturating_add(1) {
+        let (lo, hi) = (f64::from(pass.qindex), f64::from(fail.qindex));
+        let rise = pass.score - fail.score;
+        let t = if rise > 1e-6 {
+            ((target - fail.score) / rise).clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
+        let crossing = hi - t * (hi - lo);
+        let qindex = (crossing.floor() as i32)
+            .clamp(i32::from(pass.qindex) + 1, i32::from(fail.qindex) - 1)
+            as u8;
+        let (score, bytes) = measure(qindex)?;
+        found.encodes += 1;
+        let trial = FineTrial { qindex, score };
+        if score >= target {
+            pass = trial;
+            found.pass = Some((trial, bytes));
+        } else {
+            fail = trial;
+        }
+    }
+    found.bracket = Some((fail, pass));
+    Ok(found)
 }
 
 /// What the search assumes about a format before it has measured the image: where to start
@@ -711,6 +1011,158 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `fine_search` on a synthetic score curve over qindex (larger = lower quality).
+    fn fine(
+        target: f64,
+        curve: impl Fn(u8) -> f64,
+        fail: u8,
+        pass: u8,
+        max_encodes: u32,
+    ) -> (Option<u8>, u32, Vec<u8>) {
+        let mut seen = Vec::new();
+        let mut measure = |qindex: u8| -> Result<(f64, Vec<u8>), TuneError> {
+            seen.push(qindex);
+            Ok((curve(qindex), vec![0; usize::from(255 - qindex)]))
+        };
+        let at = |qindex: u8| FineTrial {
+            qindex,
+            score: curve(qindex),
+        };
+        let found = fine_search(target, at(fail), at(pass), max_encodes, &mut measure).unwrap();
+        if let Some((trial, _)) = &found.pass {
+            assert!(trial.score >= target);
+        }
+        (found.pass.map(|(t, _)| t.qindex), found.encodes, seen)
+    }
+
+    #[test]
+    fn fine_steps_find_the_largest_passing_qindex_in_the_bracket() {
+        // One libaom quantiser (4 qindex) between the two q's, as at the top of the AVIF
+        // map, and wider brackets; straight and curved stretches.
+        let mut exact_hits = 0;
+        let mut cases = 0;
+        for slope in [0.15, 0.3, 0.6] {
+            for bend in [0.0, 0.004] {
+                let curve =
+                    |qi: u8| 100.0 - slope * f64::from(qi) - bend * (f64::from(qi) - 100.0).powi(2);
+                for pass in [100u8, 110, 121] {
+                    for width in [4u8, 6, 9] {
+                        let fail = pass + width;
+                        for fraction in [0.1, 0.35, 0.6, 0.9] {
+                            let target = curve(fail) + fraction * (curve(pass) - curve(fail));
+                            let exact = (pass..fail).rev().find(|&qi| curve(qi) >= target);
+                            let (got, n, seen) = fine(target, curve, fail, pass, 2);
+                            assert!(n <= 2 && seen.len() as u32 == n);
+                            assert!(seen.iter().all(|&qi| qi > pass && qi < fail), "{seen:?}");
+                            // Never past the true answer; with two encodes at most one
+                            // step short of it on these shapes.
+                            let got_or_pass = got.unwrap_or(pass);
+                            let exact = exact.unwrap_or(pass);
+                            assert!(got_or_pass <= exact, "{seen:?}");
+                            if width == 4 {
+                                assert!(exact - got_or_pass <= 1, "{seen:?} exact {exact}");
+                            }
+                            cases += 1;
+                            exact_hits += usize::from(got_or_pass == exact);
+                            // Unbounded, it is the exhaustive answer.
+                            let (unbounded, _, _) = fine(target, curve, fail, pass, 16);
+                            assert_eq!(unbounded.unwrap_or(pass), exact, "{slope} {bend}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            exact_hits * 10 >= cases * 8,
+            "{exact_hits} of {cases} exact"
+        );
+    }
+
+    #[test]
+    fn fine_steps_stop_at_a_one_step_bracket_and_keep_the_bound() {
+        let curve = |qi: u8| 100.0 - 0.3 * f64::from(qi);
+        // Adjacent: nothing to try.
+        assert_eq!(fine(69.0, curve, 101, 100, 2), (None, 0, vec![]));
+        // Nothing between passes: no pass, the caller keeps its own.
+        let (got, n, seen) = fine(curve(100) - 0.01, curve, 104, 100, 2);
+        assert_eq!(got, None, "{seen:?}");
+        assert!(n <= 2);
+        // No budget, no encodes.
+        assert_eq!(fine(70.0, curve, 108, 100, 0), (None, 0, vec![]));
+        // Each encode lands strictly inside the bracket and narrows it.
+        let (got, n, seen) = fine(curve(100) - 2.0, curve, 120, 100, 3);
+        assert!(n <= 3 && got.is_some(), "{seen:?}");
+    }
+
+    /// `final_search` on a synthetic curve of the output encoder over qindex.
+    fn final_run(
+        target: f64,
+        curve: impl Fn(u8) -> f64,
+        proxy_qindex: u8,
+        slope: f64,
+        max_encodes: u32,
+    ) -> (Option<u8>, u32, Vec<u8>) {
+        let mut seen = Vec::new();
+        let mut measure = |qindex: u8| -> Result<(f64, Vec<u8>), TuneError> {
+            seen.push(qindex);
+            Ok((curve(qindex), vec![0; usize::from(255 - qindex)]))
+        };
+        let found = final_search(target, proxy_qindex, slope, max_encodes, &mut measure).unwrap();
+        if let Some((trial, _)) = &found.pass {
+            assert!(trial.score >= target);
+            assert_eq!(trial.score, curve(trial.qindex));
+        }
+        (found.pass.map(|(t, _)| t.qindex), found.encodes, seen)
+    }
+
+    #[test]
+    fn the_output_encoder_starts_above_the_stand_in_and_settles_near_the_answer() {
+        let target = 78.0;
+        for slope in [0.15, 0.27, 0.45] {
+            // The output encoder scores `lead` points over the stand-in at equal qindex; the
+            // stand-in's answer is the largest qindex where it reaches the target.
+            for lead in [-0.3, 0.4, 1.1, 1.8] {
+                let stand_in = |qi: u8| 110.0 - slope * f64::from(qi);
+                let output = |qi: u8| stand_in(qi) + lead;
+                let proxy = (0..=255u8)
+                    .rev()
+                    .find(|&qi| stand_in(qi) >= target)
+                    .unwrap();
+                let exact = (0..=255u8).rev().find(|&qi| output(qi) >= target).unwrap();
+                let (got, n, seen) = final_run(target, output, proxy, slope, 2);
+                assert!(n <= 2 && seen.len() as u32 == n, "{seen:?}");
+                assert_eq!(seen[0], proxy + PROXY_OFFSET, "starts above the stand-in");
+                // With the slope known: never past the answer, and within a step of it.
+                let qi = got.unwrap_or_else(|| panic!("{seen:?}: nothing passed"));
+                assert!(qi <= exact && exact - qi <= 1, "{seen:?} {exact}");
+                // A wrong slope (the stand-in measured noise) costs bytes, never the target.
+                for wrong in [slope / 3.0, slope * 3.0] {
+                    let (got, n, _) = final_run(target, output, proxy, wrong, 2);
+                    assert!(n <= 2);
+                    if let Some(qi) = got {
+                        assert!(output(qi) >= target);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_output_encoder_stops_when_no_step_is_to_spare() {
+        // The first encode passes with less than one qindex of score to spare: done.
+        let curve = |qi: u8| 100.0 - 0.25 * f64::from(qi);
+        let proxy = 100;
+        let target = curve(proxy + PROXY_OFFSET) - 0.1;
+        let (got, n, _) = final_run(target, curve, proxy, 0.25, 2);
+        assert_eq!((got, n), (Some(proxy + PROXY_OFFSET), 1));
+        // Nothing passes anywhere: the bound holds and nothing is returned.
+        let (got, n, seen) = final_run(100.5, curve, proxy, 0.25, 2);
+        assert_eq!((got, n), (None, 2), "{seen:?}");
+        // At the top of the scale the start is clamped, not wrapped.
+        let (_, _, seen) = final_run(10.0, curve, 254, 0.25, 1);
+        assert_eq!(seen, vec![255]);
     }
 
     #[test]

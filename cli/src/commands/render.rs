@@ -125,6 +125,9 @@ struct Tuned {
     score: Option<f64>,
     encodes: u32,
     method: &'static str,
+    /// AVIF settled between `quality` and the step under it: libaom's base qindex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qindex: Option<u8>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -183,6 +186,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
                 score: choice.score,
                 encodes: choice.encodes,
                 method: choice.method,
+                qindex: choice.qindex,
             };
             (choice.bytes, Some(tuned))
         } else {
