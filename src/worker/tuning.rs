@@ -369,14 +369,18 @@ pub const PROXY_OFFSET: u8 = 4;
 /// Score points per qindex near the worker's targets (photos at 400 px, q45–q58 of the
 /// AVIF map), used when the stand-in's search measured no slope of its own.
 pub const PROXY_SLOPE: f64 = 0.27;
-/// Bound on the output encoder's encodes after the stand-in's search.
-pub const FINAL_AVIF_ENCODES: u32 = 2;
+/// Bound on the output encoder's encodes after the stand-in's search: two guided, and one
+/// rescue used only when neither passed.
+pub const FINAL_AVIF_ENCODES: u32 = 3;
 
 /// The output encoder's qindex: the largest (lowest quality) that reaches `target`, starting
 /// [`PROXY_OFFSET`] above the stand-in's answer `proxy_qindex` and stepping by the score gap
 /// over `slope`, with at most `max_encodes` encodes. It stops as soon as the next step is
-/// expected to fail (less than one qindex of score to spare). Nothing passing is left to the
-/// caller, which then writes the stand-in's own encode (it reaches the target).
+/// expected to fail (less than one qindex of score to spare). The last encode is kept for a
+/// rescue: if nothing passed, `proxy_qindex` itself, where the slower encoder almost always
+/// passes (the score can drop by a point or more across one qindex, so a guided step under
+/// a failure can fail again); if that fails too, the caller writes the stand-in's own
+/// encode, which reaches the target.
 fn final_search(
     target: f64,
     proxy_qindex: u8,
@@ -387,12 +391,12 @@ fn final_search(
     let mut found = FineFound {
         pass: None,
         encodes: 0,
-        bracket: None,
     };
     let mut fail: Option<FineTrial> = None;
     let mut tried: Vec<u8> = Vec::new();
     let mut next = proxy_qindex.saturating_add(PROXY_OFFSET);
-    while found.encodes < max_encodes {
+    let guided = max_encodes.saturating_sub(1).max(1);
+    while found.encodes < guided {
         let (score, bytes) = measure(next)?;
         found.encodes += 1;
         tried.push(next);
@@ -425,9 +429,12 @@ fn final_search(
                 }
                 i32::from(p.qindex) + spare
             }
+            // Not under the stand-in's answer: the output encoder scores at least as well
+            // at equal qindex nearly always, and a guided step across a cliff would land
+            // far too low.
             (None, Some(f)) => {
                 let short = ((target - f.score) / slope).ceil().max(1.0) as i32;
-                i32::from(f.qindex) - short
+                (i32::from(f.qindex) - short).max(i32::from(proxy_qindex))
             }
             (None, None) => break,
         };
@@ -436,6 +443,17 @@ fn final_search(
             break;
         }
         next = guess;
+    }
+    if found.pass.is_none() && found.encodes < max_encodes && !tried.contains(&proxy_qindex) {
+        let (score, bytes) = measure(proxy_qindex)?;
+        found.encodes += 1;
+        if score >= target {
+            let trial = FineTrial {
+                qindex: proxy_qindex,
+                score,
+            };
+            found.pass = Some((trial, bytes));
+        }
     }
     Ok(found)
 }
@@ -463,7 +481,7 @@ struct Searched {
     /// The choice passed the caller's own target (not one lowered under the ceiling, nor
     /// the best of an unreachable one).
     plain_target: bool,
-    /// Score points per qindex across the last fine bracket, when the fine steps ran.
+    /// Score points per qindex near the answer ([`slope_near`]), when the fine steps ran.
     slope: Option<f64>,
 }
 
@@ -492,10 +510,11 @@ fn search(
     };
     // The ceiling (resize only, no compression) is measured lazily: only an image that
     // fails the target at the first quality can need it.
-    let mut ceiling_measured = false;
+    let mut ceiling_measured: Option<f64> = None;
     let mut ceiling = || {
-        ceiling_measured = true;
-        scorer.score(prepared)
+        let score = scorer.score(prepared)?;
+        ceiling_measured = Some(score);
+        Ok(score)
     };
     let choice = bounded_search(config, Prior::of(format), &mut measure, &mut ceiling)?;
     let (trial, mut encodes, method) = choice;
@@ -510,7 +529,8 @@ fn search(
     };
     // Only below a plain pass of the caller's target: a target lowered under the ceiling,
     // or an unreachable one, is not what the failing neighbour failed.
-    let plain_target = method == "tuned" && !ceiling_measured;
+    let lowered = ceiling_measured.is_some_and(|c| c - CEILING_MARGIN < config.target_score);
+    let plain_target = method == "tuned" && !lowered;
     let mut searched = Searched {
         choice: chosen,
         plain_target,
@@ -532,9 +552,12 @@ fn search(
             qindex: (fine.qindex_of)(q_below),
             score: score_below,
         };
+        let mut fine_points: Vec<(u8, f64)> = Vec::new();
         let mut fine_measure = |qindex: u8| -> Result<(f64, Vec<u8>), TuneError> {
             let bytes = (fine.encode)(qindex)?;
-            Ok((scorer.score_encoded(&bytes)?, bytes))
+            let score = scorer.score_encoded(&bytes)?;
+            fine_points.push((qindex, score));
+            Ok((score, bytes))
         };
         let found = fine_search(
             config.target_score,
@@ -552,13 +575,46 @@ fn search(
             chosen.score = Some(trial.score);
             chosen.qindex = Some(trial.qindex);
         }
-        searched.slope = found.bracket.and_then(|(f, p)| {
-            let span = f64::from(f.qindex.saturating_sub(p.qindex));
-            (span > 0.0 && p.score > f.score).then(|| (p.score - f.score) / span)
-        });
+        let answer = searched.choice.qindex.unwrap_or(pass.qindex);
+        let points: Vec<(u8, f64)> = measured
+            .iter()
+            .map(|&(q, score)| ((fine.qindex_of)(q), score))
+            .chain(fine_points)
+            .collect();
+        searched.slope = slope_near(&points, answer);
     }
     Ok(searched)
 }
+
+/// Score points per qindex near `answer`: the least-squares slope of the trials within
+/// [`SLOPE_SPAN`] qindex of it. One step's rise is a poor estimate: the score jumps by a
+/// point or more across some single qindex steps (libaom's tools switch at thresholds; 1.2
+/// points at 120 → 121 on the elephants photo) and is flat across others. `None` when the
+/// trials there span fewer than 4 qindex.
+fn slope_near(points: &[(u8, f64)], answer: u8) -> Option<f64> {
+    let near: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(qindex, _)| qindex.abs_diff(answer) <= SLOPE_SPAN)
+        .map(|&(qindex, score)| (f64::from(qindex), score))
+        .collect();
+    let (lo, hi) = near.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &(x, _)| {
+        (lo.min(x), hi.max(x))
+    });
+    if near.len() < 2 || hi - lo < 4.0 {
+        return None;
+    }
+    let n = near.len() as f64;
+    let mean_x = near.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = near.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = near.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    let sxy: f64 = near.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    // Score falls as qindex rises: the slope is reported as a positive rate.
+    let slope = -sxy / sxx;
+    (slope > 0.0).then_some(slope)
+}
+
+/// How far from the stand-in's answer its trials count towards [`slope_near`].
+pub const SLOPE_SPAN: u8 = 24;
 
 /// One measured fine step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -572,8 +628,6 @@ struct FineTrial {
 struct FineFound {
     pass: Option<(FineTrial, Vec<u8>)>,
     encodes: u32,
-    /// The last `(fail, pass)` bracket (only [`fine_search`] keeps one).
-    bracket: Option<(FineTrial, FineTrial)>,
 }
 
 /// The largest qindex (lowest quality) still reaching `target`, strictly between `fail` and
@@ -591,7 +645,6 @@ fn fine_search(
     let mut found = FineFound {
         pass: None,
         encodes: 0,
-        bracket: None,
     };
     while found.encodes < max_encodes && fail.qindex > pass.qindex.saturating_add(1) {
         let (lo, hi) = (f64::from(pass.qindex), f64::from(fail.qindex));
@@ -615,7 +668,6 @@ fn fine_search(
             fail = trial;
         }
     }
-    found.bracket = Some((fail, pass));
     Ok(found)
 }
 
@@ -1131,18 +1183,28 @@ mod tests {
                     .find(|&qi| stand_in(qi) >= target)
                     .unwrap();
                 let exact = (0..=255u8).rev().find(|&qi| output(qi) >= target).unwrap();
-                let (got, n, seen) = final_run(target, output, proxy, slope, 2);
+                let (got, n, seen) = final_run(target, output, proxy, slope, 3);
                 assert!(n <= 2 && seen.len() as u32 == n, "{seen:?}");
                 assert_eq!(seen[0], proxy + PROXY_OFFSET, "starts above the stand-in");
-                // With the slope known: never past the answer, and within a step of it.
+                // With the slope known: never past the answer, and within a step of it;
+                // when the output encoder trails the stand-in, nothing under the
+                // stand-in's answer is tried (the caller writes the stand-in's encode).
+                if lead < 0.0 {
+                    assert!(got.is_none_or(|qi| qi <= exact), "{seen:?}");
+                    continue;
+                }
                 let qi = got.unwrap_or_else(|| panic!("{seen:?}: nothing passed"));
                 assert!(qi <= exact && exact - qi <= 1, "{seen:?} {exact}");
                 // A wrong slope (the stand-in measured noise) costs bytes, never the target.
                 for wrong in [slope / 3.0, slope * 3.0] {
-                    let (got, n, _) = final_run(target, output, proxy, wrong, 2);
-                    assert!(n <= 2);
+                    let (got, n, seen) = final_run(target, output, proxy, wrong, 3);
+                    assert!(n <= 3);
                     if let Some(qi) = got {
                         assert!(output(qi) >= target);
+                    }
+                    // With a lead, the rescue at the stand-in's own qindex always passes.
+                    if lead > 0.0 {
+                        assert!(got.is_some(), "{seen:?}");
                     }
                 }
             }
@@ -1155,14 +1217,47 @@ mod tests {
         let curve = |qi: u8| 100.0 - 0.25 * f64::from(qi);
         let proxy = 100;
         let target = curve(proxy + PROXY_OFFSET) - 0.1;
-        let (got, n, _) = final_run(target, curve, proxy, 0.25, 2);
+        let (got, n, _) = final_run(target, curve, proxy, 0.25, 3);
         assert_eq!((got, n), (Some(proxy + PROXY_OFFSET), 1));
-        // Nothing passes anywhere: the bound holds and nothing is returned.
-        let (got, n, seen) = final_run(100.5, curve, proxy, 0.25, 2);
+        // Nothing passes anywhere: the offset start, the stand-in's own qindex, and nothing
+        // returned (the rescue is not spent twice on the same qindex).
+        let (got, n, seen) = final_run(100.5, curve, proxy, 0.25, 3);
         assert_eq!((got, n), (None, 2), "{seen:?}");
+        assert_eq!(seen, vec![proxy + PROXY_OFFSET, proxy]);
+        // A cliff: a point and a half lost between 101 and 102. The offset start fails far
+        // under the target; the step back stops at the stand-in's own qindex, which passes
+        // (a slope-sized step would have gone to 94).
+        let cliff = |qi: u8| 100.0 - 0.25 * f64::from(qi) - if qi > 101 { 1.5 } else { 0.0 };
+        let target = cliff(100) - 0.05;
+        let (got, n, seen) = final_run(target, cliff, 100, 0.25, 3);
+        assert_eq!((got, n), (Some(100), 2), "{seen:?}");
         // At the top of the scale the start is clamped, not wrapped.
         let (_, _, seen) = final_run(10.0, curve, 254, 0.25, 1);
         assert_eq!(seen, vec![255]);
+    }
+
+    #[test]
+    fn the_slope_is_fitted_over_the_trials_near_the_answer_not_one_step() {
+        // A straight 0.3 a qindex with a 1.2-point jump between 120 and 121 (as libaom's
+        // tools switching at a threshold do): the last bracket alone says 1.5.
+        let score = |qi: u8| 100.0 - 0.3 * f64::from(qi) + if qi <= 120 { 1.2 } else { 0.0 };
+        let points: Vec<(u8, f64)> = [104u8, 112, 116, 120, 121, 140, 200]
+            .iter()
+            .map(|&qi| (qi, score(qi)))
+            .collect();
+        let slope = slope_near(&points, 120).unwrap();
+        assert!((0.3..0.45).contains(&slope), "{slope}");
+        // Far trials do not count; too few or too close together give none.
+        assert_eq!(slope_near(&[(100, 70.0), (200, 40.0)], 150), None);
+        assert_eq!(
+            slope_near(&[(120, 70.0), (121, 69.0), (122, 68.8)], 121),
+            None
+        );
+        assert_eq!(
+            slope_near(&[(110, 70.0), (120, 72.0)], 115),
+            None,
+            "rising: no slope"
+        );
     }
 
     #[test]
