@@ -889,6 +889,7 @@ fn log_done(
         score,
         encodes = report.encodes,
         method = report.method,
+        qindex = report.qindex,
         fetch_ms = ms(report.fetch),
         render_ms = ms(report.render),
         write_ms = ms(report.write),

@@ -168,6 +168,8 @@ pub struct RenderReport {
     pub write: Duration,
     pub encodes: u32,
     pub method: &'static str,
+    /// AVIF: the base qindex encoded (the tuned search settles below the `q` scale).
+    pub qindex: Option<u8>,
 }
 
 /// Per-key results of one render (in `task.keys` order), or the failure shared by all.
@@ -280,6 +282,7 @@ pub async fn render(
     report.render = render_started.elapsed();
     report.encodes = choice.encodes;
     report.method = choice.method;
+    report.qindex = choice.qindex;
 
     let write_started = Instant::now();
     // A replacement of the original may have landed while this rendered, and its event may
