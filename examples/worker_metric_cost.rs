@@ -34,6 +34,9 @@ fn main() -> anyhow::Result<()> {
     let (reference, t_reference) =
         timed(|| pipeline::prepare_reference(&source, &params, &limits).unwrap());
     let format = params.output_format(prepared.source_format);
+    if let Some(metric) = mode.strip_prefix("loop-") {
+        return loop_metric(metric, &reference, &prepared, format);
+    }
     let pixels = u64::from(reference.width) * u64::from(reference.height);
     let rss_before = peak_rss_kb();
     println!(
@@ -148,6 +151,88 @@ fn simd_check(reference: &Prepared, distorted: &Prepared) {
         ms(t_simd),
         ms(t_scalar)
     );
+}
+
+/// `loop-fast-ssim2` / `loop-ours`: build the reference once, then score a q85 candidate
+/// 20 times with one metric only, printing the CPU per stage: a clean run to profile
+/// (`perf record`) and to time the two metrics against each other.
+fn loop_metric(
+    metric: &str,
+    reference: &Prepared,
+    prepared: &Prepared,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    use fast_ssim2::{PixelDescriptor, PixelSlice, Ssimulacra2Reference};
+    const RUNS: usize = 20;
+    anyhow::ensure!(!reference.has_alpha(), "loop modes take opaque images");
+    let spec = EncodeSpec {
+        format,
+        quality: 85,
+        progressive: false,
+        profile: Profile::Best,
+    };
+    let candidate = pipeline::decode_output(&prepared.encode(&spec)?)?;
+    fn slice(p: &Prepared) -> PixelSlice<'_> {
+        PixelSlice::new(
+            p.pixels(),
+            p.width,
+            p.height,
+            p.width as usize * 3,
+            PixelDescriptor::RGB8_SRGB,
+        )
+        .unwrap()
+    }
+    let start = cpu_time();
+    let (new, compare): (Duration, Box<dyn Fn() -> f64>) = match metric {
+        "fast-ssim2" => {
+            let r = Ssimulacra2Reference::new(&slice(reference)).unwrap();
+            let new = cpu_time() - start;
+            (
+                new,
+                Box::new(move || r.compare(&slice(&candidate)).unwrap()),
+            )
+        }
+        "ours" => {
+            let scorer = Scorer::new(reference)?.unwrap();
+            let new = cpu_time() - start;
+            if std::env::var_os("LOOP_REFERENCE").is_some() {
+                for _ in 0..RUNS {
+                    let t = cpu_time();
+                    drop(Scorer::new(reference)?);
+                    println!("reference again {} ms CPU", ms(cpu_time() - t));
+                }
+            }
+            (new, Box::new(move || scorer.score(&candidate).unwrap()))
+        }
+        other => anyhow::bail!("unknown metric {other}"),
+    };
+    let mut times = Vec::with_capacity(RUNS);
+    let mut score = 0.0;
+    for _ in 0..RUNS {
+        let t = cpu_time();
+        score = compare();
+        times.push(cpu_time() - t);
+    }
+    times.sort();
+    println!(
+        "{metric}: reference {} ms CPU; compare median {} ms CPU (min {}), score {score:.3}",
+        ms(new),
+        ms(times[RUNS / 2]),
+        ms(times[0])
+    );
+    Ok(())
+}
+
+/// CPU time of this process (user + system).
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {

@@ -11,17 +11,17 @@
 //! slope, interpolates between the closest passing and failing qualities (the score is
 //! close to monotonic and smooth in `q`) and stops once they are one step apart.
 //!
-//! The metric is the `fast-ssim2` crate (SIMD kernels picked at run time; BSD-2-Clause AND
-//! BSD-3-Clause AND MIT, notices kept in `docs/worker.md`), with the reference side
-//! computed once per image ([`Scorer`]). It agrees with the `ssimulacra2` crate the worker
-//! used before within 0.5 points (`metric_tests.rs`). Images must be at least 8x8 pixels:
+//! The metric is our own SSIMULACRA2 ([`super::ssim2`]: the reference side computed once
+//! per image in [`Scorer`], each candidate's blurs streamed row by row, AVX2 chosen at run
+//! time), which replaced the `fast-ssim2` crate for being 2–3× cheaper per candidate. It
+//! agrees with the reference implementation (the `ssimulacra2` crate) within 0.5 points
+//! (`metric_tests.rs`; a few hundredths on real photos). Images must be at least 8x8 pixels:
 //! smaller outputs are not scored and use the default quality (they weigh a few hundred
 //! bytes either way).
 
 use std::borrow::Cow;
 
-use fast_ssim2::{PixelDescriptor, PixelSlice, Ssimulacra2Reference};
-
+use super::ssim2::{self, Reference};
 use crate::pipeline::{self, EncodeSpec, PipelineError, Prepared, Profile};
 use crate::variant::{DEFAULT_QUALITY, OutputFormat, Params};
 
@@ -113,7 +113,7 @@ pub struct Scorer {
     height: u32,
     /// One per background: white, and black too when the image has alpha (the lower score
     /// counts, so a bad alpha edge cannot hide on a matching background).
-    references: Vec<(u8, Ssimulacra2Reference)>,
+    references: Vec<(u8, Reference)>,
 }
 
 impl Scorer {
@@ -143,9 +143,8 @@ impl Scorer {
         let mut references = Vec::with_capacity(backgrounds.len());
         for &bg in backgrounds {
             let rgb = flatten(reference, bg)?;
-            let slice = rgb8_slice(&rgb, reference.width, reference.height)?;
-            let precomputed = Ssimulacra2Reference::new(&slice).map_err(metric_error)?;
-            references.push((bg, precomputed));
+            let (w, h) = (reference.width as usize, reference.height as usize);
+            references.push((bg, Reference::new(&rgb, w, h)?));
         }
         Ok(Some(Scorer {
             width: reference.width,
@@ -165,8 +164,8 @@ impl Scorer {
         let mut worst = f64::INFINITY;
         for (bg, reference) in &self.references {
             let rgb = flatten(distorted, *bg)?;
-            let slice = rgb8_slice(&rgb, self.width, self.height)?;
-            let score = reference.compare(&slice).map_err(metric_error)?;
+            let (w, h) = (self.width as usize, self.height as usize);
+            let score = reference.compare(&rgb, w, h)?;
             worst = worst.min(score);
         }
         Ok(worst)
@@ -179,20 +178,10 @@ impl Scorer {
     }
 }
 
-fn metric_error(e: fast_ssim2::Ssimulacra2Error) -> TuneError {
-    TuneError::Metric(e.to_string())
-}
-
-/// The metric's view of packed 8-bit sRGB pixels.
-fn rgb8_slice(rgb: &[u8], width: u32, height: u32) -> Result<PixelSlice<'_>, TuneError> {
-    PixelSlice::new(
-        rgb,
-        width,
-        height,
-        width as usize * 3,
-        PixelDescriptor::RGB8_SRGB,
-    )
-    .map_err(|e| TuneError::Metric(format!("{e:?}")))
+impl From<ssim2::Ssim2Error> for TuneError {
+    fn from(e: ssim2::Ssim2Error) -> Self {
+        TuneError::Metric(e.to_string())
+    }
 }
 
 /// Interleaved 8-bit pixels (RGB or RGBA, told apart by the buffer length) as packed RGB,
