@@ -296,7 +296,14 @@ fn search(
     // The ceiling (resize only, no compression) is measured lazily: only an image that
     // fails the target at the first quality can need it.
     let mut ceiling = || scorer.score(prepared);
-    let choice = bounded_search(config, Prior::of(format), &mut measure, &mut ceiling)?;
+    let settle = Settle::of(format);
+    let choice = bounded_search(
+        config,
+        Prior::of(format),
+        settle,
+        &mut measure,
+        &mut ceiling,
+    )?;
     let (trial, encodes, method) = choice;
     Ok(Choice {
         bytes: trial.bytes,
@@ -362,14 +369,38 @@ impl Prior {
     }
 }
 
+/// When the search may stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Only on the exact answer: a passing quality whose neighbour below fails (AVIF,
+    /// whose byte target is tight, and formats without measurements).
+    Exact,
+    /// Also when the passing quality is two steps above a failing one (JPEG and WebP,
+    /// issue 15: "the same chosen quality as before within one step"). The exact search
+    /// would spend one more encode on the quality in between and keep it if it passed, so
+    /// the answer is the same or one step higher (a few percent more bytes, a score at or
+    /// above the target), for one encode, decode and score less.
+    OneStep,
+}
+
+impl Settle {
+    pub fn of(format: OutputFormat) -> Settle {
+        match format {
+            OutputFormat::Jpeg | OutputFormat::Webp => Settle::OneStep,
+            OutputFormat::Avif | OutputFormat::Png => Settle::Exact,
+        }
+    }
+}
+
 /// Find the lowest quality in `MIN_QUALITY..=MAX_QUALITY` whose score reaches the target,
 /// with at most `max_encodes` measurements: start where the format's prior expects the
 /// answer, step by the score gap over the slope (the prior's, then the image's own) until
 /// the target is bracketed, interpolate inside the bracket, and stop once it is one quality
-/// step wide.
+/// step wide (or two, with [`Settle::OneStep`]).
 fn bounded_search(
     config: &TuningConfig,
     prior: Prior,
+    settle: Settle,
     measure: &mut dyn FnMut(u8) -> Result<Trial, TuneError>,
     ceiling: &mut dyn FnMut() -> Result<f64, TuneError>,
 ) -> Result<(Trial, u32, &'static str), TuneError> {
@@ -414,6 +445,19 @@ fn bounded_search(
         let lo = fail.map_or(MIN_QUALITY - 1, |f| f.quality);
         let hi = pass.map_or(MAX_QUALITY + 1, |p| p.quality);
         if hi <= lo + 1 || trials.len() as u32 >= max_encodes {
+            break;
+        }
+        // One quality left between a pass and a fail: the exact search would measure it and
+        // answer it or `hi`. Stopping at `hi` is within one step of that, unless measuring
+        // it could still change the target (a failure at or above CEILING_CHECK_QUALITY
+        // before the ceiling is known) or the aim is not the target (out of reach).
+        let lowers_target = !ceiling_checked && lo + 1 >= CEILING_CHECK_QUALITY;
+        if settle == Settle::OneStep
+            && pass.is_some()
+            && hi == lo + 2
+            && aim == target
+            && !lowers_target
+        {
             break;
         }
         q = next_quality(aim, prior, &trials, fail, pass);
@@ -561,6 +605,16 @@ mod tests {
         curve: impl Fn(u8) -> f64,
         ceiling: f64,
     ) -> (u8, f64, u32, &'static str, Vec<u8>) {
+        run_settled(cfg, prior, Settle::Exact, curve, ceiling)
+    }
+
+    fn run_settled(
+        cfg: &TuningConfig,
+        prior: Prior,
+        settle: Settle,
+        curve: impl Fn(u8) -> f64,
+        ceiling: f64,
+    ) -> (u8, f64, u32, &'static str, Vec<u8>) {
         let mut seen = Vec::new();
         let mut measure = |q: u8| -> Result<Trial, TuneError> {
             seen.push(q);
@@ -571,7 +625,7 @@ mod tests {
             })
         };
         let mut ceil = || Ok(ceiling);
-        let (t, n, m) = bounded_search(cfg, prior, &mut measure, &mut ceil).unwrap();
+        let (t, n, m) = bounded_search(cfg, prior, settle, &mut measure, &mut ceil).unwrap();
         (t.quality, t.score, n, m, seen)
     }
 
@@ -644,6 +698,71 @@ mod tests {
             assert_eq!((q, method), (expected, "tuned"), "{name}: tried {seen:?}");
             assert!(n <= 4, "{name}: {n} encodes, tried {seen:?}");
         }
+    }
+
+    #[test]
+    fn one_step_settling_stays_within_one_step_of_the_exact_search() {
+        // Every curve the exact search is tested on (straight, real JPEG and bumpy WebP,
+        // curved with poor priors, saturating, ceiling-limited), at several targets: the
+        // one-step search answers the exact search's quality or the one above it, with a
+        // score that reaches the same target, and never spends more encodes.
+        let straight = |k: f64| move |q: u8| 100.0 - k * (100.0 - f64::from(q));
+        let table = |t: &'static [f64; 66]| move |q: u8| t[usize::from(q - MIN_QUALITY)];
+        let curved = |q: u8| 95.0 - 60.0 * (-(f64::from(q) - 20.0) / 30.0).exp();
+        let capped =
+            |q: u8| 72.0 - (f64::from(80u8.saturating_sub(q)) * 0.5) + f64::from(q) * 0.001;
+        let curves: Vec<(&str, Box<dyn Fn(u8) -> f64>, f64)> = vec![
+            ("k0.3", Box::new(straight(0.3)), 99.0),
+            ("k0.5", Box::new(straight(0.5)), 99.0),
+            ("k0.8", Box::new(straight(0.8)), 99.0),
+            ("k1.2", Box::new(straight(1.2)), 99.0),
+            ("dragonfly", Box::new(table(&DRAGONFLY_JPEG)), 99.0),
+            ("kleiber", Box::new(table(&KLEIBER_JPEG)), 99.0),
+            ("bridge webp", Box::new(table(&BRIDGE_WEBP)), 99.0),
+            ("curved", Box::new(curved), 99.0),
+            ("capped", Box::new(capped), 99.0),
+            ("ceiling", Box::new(|q: u8| f64::from(q) - 10.0), 84.0),
+        ];
+        let priors = [
+            Prior::of(OutputFormat::Jpeg),
+            Prior::of(OutputFormat::Webp),
+            Prior {
+                quality: 40.0,
+                slope: 2.0,
+            },
+        ];
+        let (mut saved, mut moved) = (0, 0);
+        for (name, curve, ceiling) in &curves {
+            for target in [70.0, 75.0, 80.0, 85.0] {
+                for prior in priors {
+                    let cfg = config(target, 6);
+                    let exact = run_settled(&cfg, prior, Settle::Exact, curve, *ceiling);
+                    let one = run_settled(&cfg, prior, Settle::OneStep, curve, *ceiling);
+                    let why = format!("{name} target {target} {prior:?}: {exact:?} vs {one:?}");
+                    assert_eq!(one.3, exact.3, "{why}");
+                    assert!(one.0 == exact.0 || one.0 == exact.0 + 1, "{why}");
+                    assert!(one.2 <= exact.2, "{why}");
+                    if exact.3 == "tuned" {
+                        assert!(one.1 >= target.min(ceiling - CEILING_MARGIN), "{why}");
+                    }
+                    saved += exact.2 - one.2;
+                    moved += u32::from(one.0 != exact.0);
+                }
+            }
+        }
+        // The rule must actually fire on these curves, or it is dead code.
+        assert!(
+            saved > 0 && moved <= saved,
+            "saved {saved} encodes, moved {moved}"
+        );
+    }
+
+    #[test]
+    fn avif_and_png_settle_exactly() {
+        assert_eq!(Settle::of(OutputFormat::Avif), Settle::Exact);
+        assert_eq!(Settle::of(OutputFormat::Png), Settle::Exact);
+        assert_eq!(Settle::of(OutputFormat::Jpeg), Settle::OneStep);
+        assert_eq!(Settle::of(OutputFormat::Webp), Settle::OneStep);
     }
 
     #[test]
