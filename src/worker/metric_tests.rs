@@ -238,3 +238,16 @@ fn alpha_is_scored_on_the_worse_of_white_and_black() {
         "scored {score:.2}, black {black:.2}, white {white:.2}"
     );
 }
+
+#[test]
+fn a_thumbnail_scored_against_itself_is_exactly_100() {
+    // The worker's search takes the ceiling of its own pixels to be 100 without measuring
+    // it (tuning.rs, IDENTICAL_SCORE): that must be what the metric says, to the bit, opaque
+    // or not, on one background or two.
+    for image in [decode(&photo_like()), decode(&with_alpha()), screenshot()] {
+        for format in [OutputFormat::Jpeg, OutputFormat::Webp] {
+            let scorer = Scorer::for_output(&image, format).unwrap().unwrap();
+            assert_eq!(scorer.score(&image).unwrap(), 100.0, "{format:?}");
+        }
+    }
+}

@@ -262,10 +262,17 @@ pub fn encode_best(
     let Some(scorer) = Scorer::for_output(reference, format)? else {
         return fixed(DEFAULT_QUALITY, "too-small");
     };
-    search(&scorer, prepared, format, config, |q| {
+    // The worker scores against the very pixels it encodes: then the ceiling (those pixels
+    // against themselves) is exactly 100 and need not cost a comparison.
+    let own_pixels = std::ptr::eq(reference, prepared);
+    search(&scorer, prepared, own_pixels, format, config, |q| {
         Ok(prepared.encode(&spec(q))?)
     })
 }
+
+/// SSIMULACRA2 of an image against itself (our metric gives exactly this,
+/// `a_thumbnail_scored_against_itself_is_exactly_100`).
+const IDENTICAL_SCORE: f64 = 100.0;
 
 /// One measured candidate.
 #[derive(Debug, Clone)]
@@ -280,6 +287,7 @@ struct Trial {
 fn search(
     scorer: &Scorer,
     prepared: &Prepared,
+    own_pixels: bool,
     format: OutputFormat,
     config: &TuningConfig,
     mut encode: impl FnMut(u8) -> Result<Vec<u8>, TuneError>,
@@ -294,8 +302,14 @@ fn search(
         })
     };
     // The ceiling (resize only, no compression) is measured lazily: only an image that
-    // fails the target at the first quality can need it.
-    let mut ceiling = || scorer.score(prepared);
+    // fails the target at a high quality can need it.
+    let mut ceiling = || {
+        if own_pixels {
+            Ok(IDENTICAL_SCORE)
+        } else {
+            scorer.score(prepared)
+        }
+    };
     let settle = Settle::of(format);
     let choice = bounded_search(
         config,
