@@ -30,10 +30,10 @@
 //! - The loops are plain Rust over slices, compiled twice: once for AVX2 + FMA, picked at
 //!   run time, and once for the baseline target. Sums use per-lane accumulators so the
 //!   vectorised and the scalar build add in the same order and give the same score.
-//! - The per-candidate buffers live in the [`Reference`] and are reused (no allocation per
-//!   call after the first); a `Mutex` keeps `score` callable through `&self`.
+//! - The per-candidate buffers ([`Workspace`]) are reused from one call to the next (no
+//!   allocation per call after the first), one for all the references of an image.
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
 /// The smallest side SSIMULACRA2 supports, and where the scales stop.
 pub const MIN_SIDE: usize = 8;
@@ -112,12 +112,14 @@ struct RefScale {
     edge: Planes,
 }
 
-/// Buffers for scoring one candidate, kept between calls.
+/// Buffers for scoring a candidate, reused from one comparison to the next (no allocation
+/// per call after the first) and shared by the references of one image: an image with
+/// alpha has two (white and black backgrounds) compared one after the other, and one
+/// workspace each would hold ~27 bytes per pixel twice.
 #[derive(Default)]
-struct Workspace {
-    /// Linear RGB of the current scale and of the next one.
+pub struct Workspace {
+    /// Linear RGB of the current scale (downscaled in place).
     linear: Planes,
-    next: Planes,
     /// The candidate's XYB at the current scale.
     xyb: Planes,
     /// The blur's buffers.
@@ -131,7 +133,6 @@ pub struct Reference {
     width: usize,
     height: usize,
     scales: Vec<RefScale>,
-    workspace: Mutex<Workspace>,
 }
 
 /// The 1- and 4-norms of the three maps for one channel at one scale.
@@ -156,12 +157,18 @@ impl Reference {
             width,
             height,
             scales,
-            workspace: Mutex::new(Workspace::default()),
         })
     }
 
-    /// SSIMULACRA2 of packed 8-bit sRGB `rgb` (same size) against the reference.
-    pub fn compare(&self, rgb: &[u8], width: usize, height: usize) -> Result<f64, Ssim2Error> {
+    /// SSIMULACRA2 of packed 8-bit sRGB `rgb` (same size) against the reference, using
+    /// (and growing) `workspace`.
+    pub fn compare(
+        &self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+        workspace: &mut Workspace,
+    ) -> Result<f64, Ssim2Error> {
         check_size(rgb, width, height)?;
         if (width, height) != (self.width, self.height) {
             return Err(Ssim2Error::SizeMismatch(
@@ -171,17 +178,11 @@ impl Reference {
                 height,
             ));
         }
-        // A poisoned lock only means another comparison panicked half-way: every buffer is
-        // overwritten before it is read, so the workspace is still usable.
-        let mut workspace = self
-            .workspace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let norms = if avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked at run time just above).
-            unsafe { compare_avx2(&self.scales, rgb, &mut workspace) }
+            unsafe { compare_avx2(&self.scales, rgb, workspace) }
         } else {
-            compare_scales(&self.scales, rgb, &mut workspace)
+            compare_scales(&self.scales, rgb, workspace)
         };
         Ok(combine(&norms))
     }
@@ -259,13 +260,11 @@ fn build_reference(rgb: &[u8], width: usize, height: usize) -> Vec<RefScale> {
     let sizes = scale_sizes(width, height);
     let mut scales = Vec::with_capacity(sizes.len());
     let mut linear: Planes = Default::default();
-    let mut next: Planes = Default::default();
     to_linear_planes(rgb, &mut linear);
     let mut blur = Blurrer::default();
     for (i, &(w, h)) in sizes.iter().enumerate() {
         if i > 0 {
-            downscale(&linear, sizes[i - 1].0, sizes[i - 1].1, &mut next);
-            std::mem::swap(&mut linear, &mut next);
+            downscale(&mut linear, sizes[i - 1].0, sizes[i - 1].1);
         }
         let n = w * h;
         // `vec!` of zeros is a zeroed allocation: fresh pages from the system are not
@@ -328,8 +327,7 @@ fn compare_scales(scales: &[RefScale], rgb: &[u8], ws: &mut Workspace) -> Vec<[N
     for (i, scale) in scales.iter().enumerate() {
         if i > 0 {
             let previous = &scales[i - 1];
-            downscale(&ws.linear, previous.width, previous.height, &mut ws.next);
-            std::mem::swap(&mut ws.linear, &mut ws.next);
+            downscale(&mut ws.linear, previous.width, previous.height);
         }
         let n = scale.width * scale.height;
         for plane in &mut ws.xyb {
@@ -368,31 +366,45 @@ fn to_linear_planes(rgb: &[u8], out: &mut Planes) {
     }
 }
 
-/// 2×2 box average in linear light; an odd last row or column is averaged with itself
-/// (the reference implementation clamps its coordinates the same way).
+/// 2×2 box average in linear light, in place (the next scale is written over the start of
+/// the current one, so no second full-size buffer is held); an odd last row or column is
+/// averaged with itself (the reference implementation clamps its coordinates the same way).
 #[inline(always)]
-fn downscale(input: &Planes, width: usize, height: usize, out: &mut Planes) {
+fn downscale(planes: &mut Planes, width: usize, height: usize) {
     let (ow, oh) = (width.div_ceil(2), height.div_ceil(2));
-    for (src, dst) in input.iter().zip(out.iter_mut()) {
-        grow(dst, ow * oh);
-        for oy in 0..oh {
+    let pairs = width / 2;
+    let average = |row0: &[f32], row1: &[f32], out_row: &mut [f32]| {
+        for ((o, a), b) in out_row[..pairs]
+            .iter_mut()
+            .zip(row0.chunks_exact(2))
+            .zip(row1.chunks_exact(2))
+        {
+            *o = (((a[0] + a[1]) + b[0]) + b[1]) * 0.25;
+        }
+        if width % 2 == 1 {
+            let x = width - 1;
+            out_row[pairs] = (((row0[x] + row0[x]) + row1[x]) + row1[x]) * 0.25;
+        }
+    };
+    for plane in planes.iter_mut() {
+        // Output row 0 overlaps input row 0, but output x reads inputs 2x and 2x + 1 (and
+        // row 1), never behind a write, so a scalar pass in increasing x is exact.
+        let y1 = 1.min(height - 1) * width;
+        for ox in 0..ow {
+            let x0 = 2 * ox;
+            let x1 = (x0 + 1).min(width - 1);
+            plane[ox] = (((plane[x0] + plane[x1]) + plane[y1 + x0]) + plane[y1 + x1]) * 0.25;
+        }
+        // Output row oy ≥ 1 ends at (oy + 1)·ow ≤ 2·oy·width, where its input rows start.
+        for oy in 1..oh {
             let y0 = 2 * oy;
             let y1 = (y0 + 1).min(height - 1);
-            let row0 = &src[y0 * width..][..width];
-            let row1 = &src[y1 * width..][..width];
-            let out_row = &mut dst[oy * ow..][..ow];
-            let pairs = width / 2;
-            for ((o, a), b) in out_row[..pairs]
-                .iter_mut()
-                .zip(row0.chunks_exact(2))
-                .zip(row1.chunks_exact(2))
-            {
-                *o = (((a[0] + a[1]) + b[0]) + b[1]) * 0.25;
-            }
-            if width % 2 == 1 {
-                let x = width - 1;
-                out_row[pairs] = (((row0[x] + row0[x]) + row1[x]) + row1[x]) * 0.25;
-            }
+            let (head, tail) = plane.split_at_mut(y0 * width);
+            average(
+                &tail[..width],
+                &tail[(y1 - y0) * width..][..width],
+                &mut head[oy * ow..][..ow],
+            );
         }
     }
 }
@@ -985,18 +997,28 @@ mod tests {
         let (w, h) = (61, 45);
         let image = rgb(w, h, 7);
         let reference = Reference::new(&image, w, h).unwrap();
-        assert_eq!(reference.compare(&image, w, h).unwrap(), 100.0);
+        let ws = &mut Workspace::default();
+        assert_eq!(reference.compare(&image, w, h, ws).unwrap(), 100.0);
         let mut worse = image.clone();
         for (i, v) in worse.iter_mut().enumerate() {
             if i % 7 == 0 {
                 *v = v.saturating_add(40);
             }
         }
-        let score = reference.compare(&worse, w, h).unwrap();
+        let score = reference.compare(&worse, w, h, ws).unwrap();
         assert!(score < 90.0, "{score}");
-        // Scoring is repeatable with the reused workspace, whatever came before.
-        assert_eq!(reference.compare(&worse, w, h).unwrap(), score);
-        assert_eq!(reference.compare(&image, w, h).unwrap(), 100.0);
+        // Scoring is repeatable with the reused workspace, whatever came before, even a
+        // comparison of another size.
+        let small = Reference::new(&image[..w * 20 * 3], w, 20).unwrap();
+        small.compare(&worse[..w * 20 * 3], w, 20, ws).unwrap();
+        assert_eq!(reference.compare(&worse, w, h, ws).unwrap(), score);
+        assert_eq!(reference.compare(&image, w, h, ws).unwrap(), 100.0);
+        assert_eq!(
+            reference
+                .compare(&worse, w, h, &mut Workspace::default())
+                .unwrap(),
+            score
+        );
     }
 
     #[test]
@@ -1033,7 +1055,9 @@ mod tests {
         ));
         let reference = Reference::new(&image, 16, 16).unwrap();
         assert_eq!(
-            reference.compare(&image[..16 * 8 * 3], 16, 8).err(),
+            reference
+                .compare(&image[..16 * 8 * 3], 16, 8, &mut Workspace::default())
+                .err(),
             Some(Ssim2Error::SizeMismatch(16, 16, 16, 8))
         );
     }

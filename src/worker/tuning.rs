@@ -21,7 +21,9 @@
 
 use std::borrow::Cow;
 
-use super::ssim2::{self, Reference};
+use std::sync::Mutex;
+
+use super::ssim2::{self, Reference, Workspace};
 use crate::pipeline::{self, EncodeSpec, PipelineError, Prepared, Profile};
 use crate::variant::{DEFAULT_QUALITY, OutputFormat, Params};
 
@@ -114,6 +116,9 @@ pub struct Scorer {
     /// One per background: white, and black too when the image has alpha (the lower score
     /// counts, so a bad alpha edge cannot hide on a matching background).
     references: Vec<(u8, Reference)>,
+    /// The comparison buffers, one set for all backgrounds, reused by every candidate; the
+    /// `Mutex` keeps `score` callable through `&self`.
+    workspace: Mutex<Workspace>,
 }
 
 impl Scorer {
@@ -150,6 +155,7 @@ impl Scorer {
             width: reference.width,
             height: reference.height,
             references,
+            workspace: Mutex::new(Workspace::default()),
         }))
     }
 
@@ -161,11 +167,17 @@ impl Scorer {
                 self.width, self.height, distorted.width, distorted.height
             )));
         }
+        // A poisoned lock only means another comparison panicked half-way: every buffer is
+        // written before it is read, so the workspace is still usable.
+        let mut workspace = self
+            .workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut worst = f64::INFINITY;
         for (bg, reference) in &self.references {
             let rgb = flatten(distorted, *bg)?;
             let (w, h) = (self.width as usize, self.height as usize);
-            let score = reference.compare(&rgb, w, h)?;
+            let score = reference.compare(&rgb, w, h, &mut workspace)?;
             worst = worst.min(score);
         }
         Ok(worst)
@@ -725,7 +737,8 @@ mod tests {
         let curved = |q: u8| 95.0 - 60.0 * (-(f64::from(q) - 20.0) / 30.0).exp();
         let capped =
             |q: u8| 72.0 - (f64::from(80u8.saturating_sub(q)) * 0.5) + f64::from(q) * 0.001;
-        let curves: Vec<(&str, Box<dyn Fn(u8) -> f64>, f64)> = vec![
+        type Curve = Box<dyn Fn(u8) -> f64>;
+        let curves: Vec<(&str, Curve, f64)> = vec![
             ("k0.3", Box::new(straight(0.3)), 99.0),
             ("k0.5", Box::new(straight(0.5)), 99.0),
             ("k0.8", Box::new(straight(0.8)), 99.0),
