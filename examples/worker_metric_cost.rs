@@ -1,6 +1,6 @@
 //! What one quality-search candidate costs, stage by stage, and how the worker's
-//! SSIMULACRA2 (fast-ssim2, reference precomputed) compares with the `ssimulacra2` crate it
-//! replaced, in score and in time, on a real image.
+//! SSIMULACRA2 (our own, src/worker/ssim2.rs, reference precomputed) compares with the
+//! `ssimulacra2` crate (the reference implementation), in score and in time, on a real image.
 //!
 //! `cargo run --release --features worker --example worker_metric_cost -- IMAGE PARAMS [MODE]`
 //!
@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     if mode != "both" {
         return Ok(());
     }
-    println!("fast-ssim2 reference precompute {} ms", ms(t_new));
+    println!("our reference precompute {} ms", ms(t_new));
     simd_check(&reference, &prepared);
     let mut worst: f64 = 0.0;
     for q in [40u8, 60, 75, 85, 95] {
@@ -101,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             .map(|scorer| timed(|| scorer.score(&decoded).unwrap()));
         let slow = (mode != "fast").then(|| timed(|| slow_score(&reference, &decoded, alpha)));
         if let Some((score, t)) = fast {
-            line.push_str(&format!("  fast-ssim2 {score:7.3} in {:6} ms", ms(t)));
+            line.push_str(&format!("  ours {score:7.3} in {:6} ms", ms(t)));
         }
         if let Some((score, t)) = slow {
             line.push_str(&format!("  ssimulacra2 {score:7.3} in {:6} ms", ms(t)));

@@ -36,10 +36,11 @@ pub const MIN_SCORED_SIDE: u32 = 8;
 /// and each candidate costs a full encode, decode and comparison of that size.
 pub const MAX_SCORED_PIXELS: u64 = 2_500_000;
 /// Peak memory of the metric per output pixel: the precomputed reference (XYB planes, their
-/// means and variances at up to six scales, per background) plus one comparison. Measured
-/// with `examples/worker_metric_cost IMAGE PARAMS fast`: 86–96 bytes a pixel opaque (0.6 and
-/// 1.6 MP), 152 with alpha (two backgrounds, 1.1 MP); rounded up. (The `ssimulacra2` crate
-/// it replaced held 125–145 per comparison.)
+/// means, variances and edge strengths at up to six scales, per background) plus one
+/// comparison's buffers (shared by the backgrounds). Measured with
+/// `examples/worker_metric_cost IMAGE PARAMS fast`: 73–75 bytes a pixel opaque (0.7 and
+/// 1.6 MP), 148 with alpha (two backgrounds, 1.5 MP); rounded up. (fast-ssim2, used
+/// before, took 86–96 and 152; the `ssimulacra2` crate 125–145 per comparison.)
 pub const SCORING_BYTES_PER_PIXEL: u64 = 160;
 /// The most a tuned render's scoring holds on top of the render itself (400 MB).
 pub const MAX_SCORING_BYTES: u64 = MAX_SCORED_PIXELS * SCORING_BYTES_PER_PIXEL;
