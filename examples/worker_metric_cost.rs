@@ -1,6 +1,6 @@
 //! What one quality-search candidate costs, stage by stage, and how the worker's
-//! SSIMULACRA2 (fast-ssim2, reference precomputed) compares with the `ssimulacra2` crate it
-//! replaced, in score and in time, on a real image.
+//! SSIMULACRA2 (our own, src/worker/ssim2.rs, reference precomputed) compares with the
+//! `ssimulacra2` crate (the reference implementation), in score and in time, on a real image.
 //!
 //! `cargo run --release --features worker --example worker_metric_cost -- IMAGE PARAMS [MODE]`
 //!
@@ -34,6 +34,9 @@ fn main() -> anyhow::Result<()> {
     let (reference, t_reference) =
         timed(|| pipeline::prepare_reference(&source, &params, &limits).unwrap());
     let format = params.output_format(prepared.source_format);
+    if let Some(metric) = mode.strip_prefix("loop-") {
+        return loop_metric(metric, &reference, &prepared, format);
+    }
     let pixels = u64::from(reference.width) * u64::from(reference.height);
     let rss_before = peak_rss_kb();
     println!(
@@ -69,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     if mode != "both" {
         return Ok(());
     }
-    println!("fast-ssim2 reference precompute {} ms", ms(t_new));
+    println!("our reference precompute {} ms", ms(t_new));
     simd_check(&reference, &prepared);
     let mut worst: f64 = 0.0;
     for q in [40u8, 60, 75, 85, 95] {
@@ -98,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             .map(|scorer| timed(|| scorer.score(&decoded).unwrap()));
         let slow = (mode != "fast").then(|| timed(|| slow_score(&reference, &decoded, alpha)));
         if let Some((score, t)) = fast {
-            line.push_str(&format!("  fast-ssim2 {score:7.3} in {:6} ms", ms(t)));
+            line.push_str(&format!("  ours {score:7.3} in {:6} ms", ms(t)));
         }
         if let Some((score, t)) = slow {
             line.push_str(&format!("  ssimulacra2 {score:7.3} in {:6} ms", ms(t)));
@@ -148,6 +151,88 @@ fn simd_check(reference: &Prepared, distorted: &Prepared) {
         ms(t_simd),
         ms(t_scalar)
     );
+}
+
+/// `loop-fast-ssim2` / `loop-ours`: build the reference once, then score a q85 candidate
+/// 20 times with one metric only, printing the CPU per stage: a clean run to profile
+/// (`perf record`) and to time the two metrics against each other.
+fn loop_metric(
+    metric: &str,
+    reference: &Prepared,
+    prepared: &Prepared,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    use fast_ssim2::{PixelDescriptor, PixelSlice, Ssimulacra2Reference};
+    const RUNS: usize = 20;
+    anyhow::ensure!(!reference.has_alpha(), "loop modes take opaque images");
+    let spec = EncodeSpec {
+        format,
+        quality: 85,
+        progressive: false,
+        profile: Profile::Best,
+    };
+    let candidate = pipeline::decode_output(&prepared.encode(&spec)?)?;
+    fn slice(p: &Prepared) -> PixelSlice<'_> {
+        PixelSlice::new(
+            p.pixels(),
+            p.width,
+            p.height,
+            p.width as usize * 3,
+            PixelDescriptor::RGB8_SRGB,
+        )
+        .unwrap()
+    }
+    let start = cpu_time();
+    let (new, compare): (Duration, Box<dyn Fn() -> f64>) = match metric {
+        "fast-ssim2" => {
+            let r = Ssimulacra2Reference::new(&slice(reference)).unwrap();
+            let new = cpu_time() - start;
+            (
+                new,
+                Box::new(move || r.compare(&slice(&candidate)).unwrap()),
+            )
+        }
+        "ours" => {
+            let scorer = Scorer::new(reference)?.unwrap();
+            let new = cpu_time() - start;
+            if std::env::var_os("LOOP_REFERENCE").is_some() {
+                for _ in 0..RUNS {
+                    let t = cpu_time();
+                    drop(Scorer::new(reference)?);
+                    println!("reference again {} ms CPU", ms(cpu_time() - t));
+                }
+            }
+            (new, Box::new(move || scorer.score(&candidate).unwrap()))
+        }
+        other => anyhow::bail!("unknown metric {other}"),
+    };
+    let mut times = Vec::with_capacity(RUNS);
+    let mut score = 0.0;
+    for _ in 0..RUNS {
+        let t = cpu_time();
+        score = compare();
+        times.push(cpu_time() - t);
+    }
+    times.sort();
+    println!(
+        "{metric}: reference {} ms CPU; compare median {} ms CPU (min {}), score {score:.3}",
+        ms(new),
+        ms(times[RUNS / 2]),
+        ms(times[0])
+    );
+    Ok(())
+}
+
+/// CPU time of this process (user + system).
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {

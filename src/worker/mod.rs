@@ -1,6 +1,6 @@
 //! The worker: turns render jobs into the definitive, quality-tuned variants in the store.
 //!
-//! - [`tuning`]: the SSIMULACRA2-guided quality search.
+//! - [`tuning`]: the SSIMULACRA2-guided quality search; [`ssim2`]: the metric itself.
 //! - [`process`]: one render (idempotence check, fetch, render, tagged write).
 //! - [`batch`]: a batch of queue records (parse, de-duplicate, bounded parallelism,
 //!   deadline); the ids of the failed records for the Lambda's `batchItemFailures`.
@@ -17,6 +17,7 @@ pub mod process;
 pub mod refresh;
 pub mod runner;
 pub mod settings;
+pub mod ssim2;
 pub mod tuning;
 
 #[cfg(test)]

@@ -11,17 +11,19 @@
 //! slope, interpolates between the closest passing and failing qualities (the score is
 //! close to monotonic and smooth in `q`) and stops once they are one step apart.
 //!
-//! The metric is the `fast-ssim2` crate (SIMD kernels picked at run time; BSD-2-Clause AND
-//! BSD-3-Clause AND MIT, notices kept in `docs/worker.md`), with the reference side
-//! computed once per image ([`Scorer`]). It agrees with the `ssimulacra2` crate the worker
-//! used before within 0.5 points (`metric_tests.rs`). Images must be at least 8x8 pixels:
+//! The metric is our own SSIMULACRA2 ([`super::ssim2`]: the reference side computed once
+//! per image in [`Scorer`], each candidate's blurs streamed row by row, AVX2 chosen at run
+//! time), which replaced the `fast-ssim2` crate for being 2–3× cheaper per candidate. It
+//! agrees with the reference implementation (the `ssimulacra2` crate) within 0.5 points
+//! (`metric_tests.rs`; a few hundredths on real photos). Images must be at least 8x8 pixels:
 //! smaller outputs are not scored and use the default quality (they weigh a few hundred
 //! bytes either way).
 
 use std::borrow::Cow;
 
-use fast_ssim2::{PixelDescriptor, PixelSlice, Ssimulacra2Reference};
+use std::sync::Mutex;
 
+use super::ssim2::{self, Reference, Workspace};
 use crate::pipeline::encode_avif::{self, AvifSettings};
 use crate::pipeline::{self, EncodeSpec, PipelineError, Prepared, Profile};
 use crate::variant::{DEFAULT_QUALITY, OutputFormat, Params};
@@ -35,10 +37,11 @@ pub const MIN_SCORED_SIDE: u32 = 8;
 /// and each candidate costs a full encode, decode and comparison of that size.
 pub const MAX_SCORED_PIXELS: u64 = 2_500_000;
 /// Peak memory of the metric per output pixel: the precomputed reference (XYB planes, their
-/// means and variances at up to six scales, per background) plus one comparison. Measured
-/// with `examples/worker_metric_cost IMAGE PARAMS fast`: 86–96 bytes a pixel opaque (0.6 and
-/// 1.6 MP), 152 with alpha (two backgrounds, 1.1 MP); rounded up. (The `ssimulacra2` crate
-/// it replaced held 125–145 per comparison.)
+/// means, variances and edge strengths at up to six scales, per background) plus one
+/// comparison's buffers (shared by the backgrounds). Measured with
+/// `examples/worker_metric_cost IMAGE PARAMS fast`: 73–75 bytes a pixel opaque (0.7 and
+/// 1.6 MP), 148 with alpha (two backgrounds, 1.5 MP); rounded up. (fast-ssim2, used
+/// before, took 86–96 and 152; the `ssimulacra2` crate 125–145 per comparison.)
 pub const SCORING_BYTES_PER_PIXEL: u64 = 160;
 /// The most a tuned render's scoring holds on top of the render itself (400 MB).
 pub const MAX_SCORING_BYTES: u64 = MAX_SCORED_PIXELS * SCORING_BYTES_PER_PIXEL;
@@ -124,7 +127,10 @@ pub struct Scorer {
     height: u32,
     /// One per background: white, and black too when the image has alpha (the lower score
     /// counts, so a bad alpha edge cannot hide on a matching background).
-    references: Vec<(u8, Ssimulacra2Reference)>,
+    references: Vec<(u8, Reference)>,
+    /// The comparison buffers, one set for all backgrounds, reused by every candidate; the
+    /// `Mutex` keeps `score` callable through `&self`.
+    workspace: Mutex<Workspace>,
 }
 
 impl Scorer {
@@ -154,14 +160,14 @@ impl Scorer {
         let mut references = Vec::with_capacity(backgrounds.len());
         for &bg in backgrounds {
             let rgb = flatten(reference, bg)?;
-            let slice = rgb8_slice(&rgb, reference.width, reference.height)?;
-            let precomputed = Ssimulacra2Reference::new(&slice).map_err(metric_error)?;
-            references.push((bg, precomputed));
+            let (w, h) = (reference.width as usize, reference.height as usize);
+            references.push((bg, Reference::new(&rgb, w, h)?));
         }
         Ok(Some(Scorer {
             width: reference.width,
             height: reference.height,
             references,
+            workspace: Mutex::new(Workspace::default()),
         }))
     }
 
@@ -173,11 +179,17 @@ impl Scorer {
                 self.width, self.height, distorted.width, distorted.height
             )));
         }
+        // A poisoned lock only means another comparison panicked half-way: every buffer is
+        // written before it is read, so the workspace is still usable.
+        let mut workspace = self
+            .workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut worst = f64::INFINITY;
         for (bg, reference) in &self.references {
             let rgb = flatten(distorted, *bg)?;
-            let slice = rgb8_slice(&rgb, self.width, self.height)?;
-            let score = reference.compare(&slice).map_err(metric_error)?;
+            let (w, h) = (self.width as usize, self.height as usize);
+            let score = reference.compare(&rgb, w, h, &mut workspace)?;
             worst = worst.min(score);
         }
         Ok(worst)
@@ -190,20 +202,10 @@ impl Scorer {
     }
 }
 
-fn metric_error(e: fast_ssim2::Ssimulacra2Error) -> TuneError {
-    TuneError::Metric(e.to_string())
-}
-
-/// The metric's view of packed 8-bit sRGB pixels.
-fn rgb8_slice(rgb: &[u8], width: u32, height: u32) -> Result<PixelSlice<'_>, TuneError> {
-    PixelSlice::new(
-        rgb,
-        width,
-        height,
-        width as usize * 3,
-        PixelDescriptor::RGB8_SRGB,
-    )
-    .map_err(|e| TuneError::Metric(format!("{e:?}")))
+impl From<ssim2::Ssim2Error> for TuneError {
+    fn from(e: ssim2::Ssim2Error) -> Self {
+        TuneError::Metric(e.to_string())
+    }
 }
 
 /// Interleaved 8-bit pixels (RGB or RGBA, told apart by the buffer length) as packed RGB,
@@ -285,11 +287,23 @@ pub fn encode_best(
     let Some(scorer) = Scorer::for_output(reference, format)? else {
         return fixed(DEFAULT_QUALITY, "too-small");
     };
+    // The worker scores against the very pixels it encodes: then the ceiling (those pixels
+    // against themselves) is exactly 100 and need not cost a comparison.
+    let own_pixels = std::ptr::eq(reference, prepared);
     if format == OutputFormat::Avif {
-        return avif_search(&scorer, prepared, config);
+        return avif_search(&scorer, prepared, own_pixels, config);
     }
     let mut encode = |q: u8| Ok(prepared.encode(&spec(q))?);
-    Ok(search(&scorer, prepared, format, config, &mut encode, None)?.choice)
+    let searched = search(
+        &scorer,
+        prepared,
+        own_pixels,
+        format,
+        config,
+        &mut encode,
+        None,
+    )?;
+    Ok(searched.choice)
 }
 
 /// The AVIF search: the bounded search and its fine steps run on libaom's fast stand-in
@@ -301,6 +315,7 @@ pub fn encode_best(
 fn avif_search(
     scorer: &Scorer,
     prepared: &Prepared,
+    own_pixels: bool,
     config: &TuningConfig,
 ) -> Result<Choice, TuneError> {
     let best = AvifSettings::for_profile(Profile::Best);
@@ -317,6 +332,7 @@ fn avif_search(
     let searched = search(
         scorer,
         prepared,
+        own_pixels,
         OutputFormat::Avif,
         config,
         &mut encode_q,
@@ -467,6 +483,10 @@ struct FineSteps<'a> {
     max_encodes: u32,
 }
 
+/// SSIMULACRA2 of an image against itself (our metric gives exactly this,
+/// `a_thumbnail_scored_against_itself_is_exactly_100`).
+const IDENTICAL_SCORE: f64 = 100.0;
+
 /// One measured candidate.
 #[derive(Debug, Clone)]
 struct Trial {
@@ -490,6 +510,7 @@ struct Searched {
 fn search(
     scorer: &Scorer,
     prepared: &Prepared,
+    own_pixels: bool,
     format: OutputFormat,
     config: &TuningConfig,
     encode: &mut dyn FnMut(u8) -> Result<Vec<u8>, TuneError>,
@@ -509,14 +530,24 @@ fn search(
         })
     };
     // The ceiling (resize only, no compression) is measured lazily: only an image that
-    // fails the target at the first quality can need it.
+    // fails the target at a high quality can need it.
     let mut ceiling_measured: Option<f64> = None;
     let mut ceiling = || {
-        let score = scorer.score(prepared)?;
+        let score = if own_pixels {
+            IDENTICAL_SCORE
+        } else {
+            scorer.score(prepared)?
+        };
         ceiling_measured = Some(score);
         Ok(score)
     };
-    let choice = bounded_search(config, Prior::of(format), &mut measure, &mut ceiling)?;
+    let choice = bounded_search(
+        config,
+        Prior::of(format),
+        Settle::of(format),
+        &mut measure,
+        &mut ceiling,
+    )?;
     let (trial, mut encodes, method) = choice;
     let chosen = Choice {
         bytes: trial.bytes,
@@ -725,14 +756,38 @@ impl Prior {
     }
 }
 
+/// When the search may stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Only on the exact answer: a passing quality whose neighbour below fails (AVIF,
+    /// whose byte target is tight, and formats without measurements).
+    Exact,
+    /// Also when the passing quality is two steps above a failing one (JPEG and WebP,
+    /// issue 15: "the same chosen quality as before within one step"). The exact search
+    /// would spend one more encode on the quality in between and keep it if it passed, so
+    /// the answer is the same or one step higher (a few percent more bytes, a score at or
+    /// above the target), for one encode, decode and score less.
+    OneStep,
+}
+
+impl Settle {
+    pub fn of(format: OutputFormat) -> Settle {
+        match format {
+            OutputFormat::Jpeg | OutputFormat::Webp => Settle::OneStep,
+            OutputFormat::Avif | OutputFormat::Png => Settle::Exact,
+        }
+    }
+}
+
 /// Find the lowest quality in `MIN_QUALITY..=MAX_QUALITY` whose score reaches the target,
 /// with at most `max_encodes` measurements: start where the format's prior expects the
 /// answer, step by the score gap over the slope (the prior's, then the image's own) until
 /// the target is bracketed, interpolate inside the bracket, and stop once it is one quality
-/// step wide.
+/// step wide (or two, with [`Settle::OneStep`]).
 fn bounded_search(
     config: &TuningConfig,
     prior: Prior,
+    settle: Settle,
     measure: &mut dyn FnMut(u8) -> Result<Trial, TuneError>,
     ceiling: &mut dyn FnMut() -> Result<f64, TuneError>,
 ) -> Result<(Trial, u32, &'static str), TuneError> {
@@ -777,6 +832,19 @@ fn bounded_search(
         let lo = fail.map_or(MIN_QUALITY - 1, |f| f.quality);
         let hi = pass.map_or(MAX_QUALITY + 1, |p| p.quality);
         if hi <= lo + 1 || trials.len() as u32 >= max_encodes {
+            break;
+        }
+        // One quality left between a pass and a fail: the exact search would measure it and
+        // answer it or `hi`. Stopping at `hi` is within one step of that, unless measuring
+        // it could still change the target (a failure at or above CEILING_CHECK_QUALITY
+        // before the ceiling is known) or the aim is not the target (out of reach).
+        let lowers_target = !ceiling_checked && lo + 1 >= CEILING_CHECK_QUALITY;
+        if settle == Settle::OneStep
+            && pass.is_some()
+            && hi == lo + 2
+            && aim == target
+            && !lowers_target
+        {
             break;
         }
         q = next_quality(aim, prior, &trials, fail, pass);
@@ -924,6 +992,16 @@ mod tests {
         curve: impl Fn(u8) -> f64,
         ceiling: f64,
     ) -> (u8, f64, u32, &'static str, Vec<u8>) {
+        run_settled(cfg, prior, Settle::Exact, curve, ceiling)
+    }
+
+    fn run_settled(
+        cfg: &TuningConfig,
+        prior: Prior,
+        settle: Settle,
+        curve: impl Fn(u8) -> f64,
+        ceiling: f64,
+    ) -> (u8, f64, u32, &'static str, Vec<u8>) {
         let mut seen = Vec::new();
         let mut measure = |q: u8| -> Result<Trial, TuneError> {
             seen.push(q);
@@ -934,7 +1012,7 @@ mod tests {
             })
         };
         let mut ceil = || Ok(ceiling);
-        let (t, n, m) = bounded_search(cfg, prior, &mut measure, &mut ceil).unwrap();
+        let (t, n, m) = bounded_search(cfg, prior, settle, &mut measure, &mut ceil).unwrap();
         (t.quality, t.score, n, m, seen)
     }
 
@@ -1007,6 +1085,72 @@ mod tests {
             assert_eq!((q, method), (expected, "tuned"), "{name}: tried {seen:?}");
             assert!(n <= 4, "{name}: {n} encodes, tried {seen:?}");
         }
+    }
+
+    #[test]
+    fn one_step_settling_stays_within_one_step_of_the_exact_search() {
+        // Every curve the exact search is tested on (straight, real JPEG and bumpy WebP,
+        // curved with poor priors, saturating, ceiling-limited), at several targets: the
+        // one-step search answers the exact search's quality or the one above it, with a
+        // score that reaches the same target, and never spends more encodes.
+        let straight = |k: f64| move |q: u8| 100.0 - k * (100.0 - f64::from(q));
+        let table = |t: &'static [f64; 66]| move |q: u8| t[usize::from(q - MIN_QUALITY)];
+        let curved = |q: u8| 95.0 - 60.0 * (-(f64::from(q) - 20.0) / 30.0).exp();
+        let capped =
+            |q: u8| 72.0 - (f64::from(80u8.saturating_sub(q)) * 0.5) + f64::from(q) * 0.001;
+        type Curve = Box<dyn Fn(u8) -> f64>;
+        let curves: Vec<(&str, Curve, f64)> = vec![
+            ("k0.3", Box::new(straight(0.3)), 99.0),
+            ("k0.5", Box::new(straight(0.5)), 99.0),
+            ("k0.8", Box::new(straight(0.8)), 99.0),
+            ("k1.2", Box::new(straight(1.2)), 99.0),
+            ("dragonfly", Box::new(table(&DRAGONFLY_JPEG)), 99.0),
+            ("kleiber", Box::new(table(&KLEIBER_JPEG)), 99.0),
+            ("bridge webp", Box::new(table(&BRIDGE_WEBP)), 99.0),
+            ("curved", Box::new(curved), 99.0),
+            ("capped", Box::new(capped), 99.0),
+            ("ceiling", Box::new(|q: u8| f64::from(q) - 10.0), 84.0),
+        ];
+        let priors = [
+            Prior::of(OutputFormat::Jpeg),
+            Prior::of(OutputFormat::Webp),
+            Prior {
+                quality: 40.0,
+                slope: 2.0,
+            },
+        ];
+        let (mut saved, mut moved) = (0, 0);
+        for (name, curve, ceiling) in &curves {
+            for target in [70.0, 75.0, 80.0, 85.0] {
+                for prior in priors {
+                    let cfg = config(target, 6);
+                    let exact = run_settled(&cfg, prior, Settle::Exact, curve, *ceiling);
+                    let one = run_settled(&cfg, prior, Settle::OneStep, curve, *ceiling);
+                    let why = format!("{name} target {target} {prior:?}: {exact:?} vs {one:?}");
+                    assert_eq!(one.3, exact.3, "{why}");
+                    assert!(one.0 == exact.0 || one.0 == exact.0 + 1, "{why}");
+                    assert!(one.2 <= exact.2, "{why}");
+                    if exact.3 == "tuned" {
+                        assert!(one.1 >= target.min(ceiling - CEILING_MARGIN), "{why}");
+                    }
+                    saved += exact.2 - one.2;
+                    moved += u32::from(one.0 != exact.0);
+                }
+            }
+        }
+        // The rule must actually fire on these curves, or it is dead code.
+        assert!(
+            saved > 0 && moved <= saved,
+            "saved {saved} encodes, moved {moved}"
+        );
+    }
+
+    #[test]
+    fn avif_and_png_settle_exactly() {
+        assert_eq!(Settle::of(OutputFormat::Avif), Settle::Exact);
+        assert_eq!(Settle::of(OutputFormat::Png), Settle::Exact);
+        assert_eq!(Settle::of(OutputFormat::Jpeg), Settle::OneStep);
+        assert_eq!(Settle::of(OutputFormat::Webp), Settle::OneStep);
     }
 
     #[test]

@@ -470,7 +470,11 @@ fn the_worker_search_holds_its_target_against_a_full_decode() {
             assert!(!worker.is_full_resolution());
             let choice =
                 crate::worker::process::render_sync(&source, &params, &limits, &config).unwrap();
-            assert_eq!(choice.method, "tuned", "{spec}");
+            assert_eq!(
+                choice.method, "tuned",
+                "{spec}: q{} {:?} in {} encodes",
+                choice.quality, choice.score, choice.encodes
+            );
             let full = pipeline::prepare_reference(&source, &params, &limits).unwrap();
             let on_full = Scorer::new(&full)
                 .unwrap()
