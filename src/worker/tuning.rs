@@ -9,7 +9,10 @@
 //! the lowest quality that reaches the target wins. The search is bounded (default 6 encodes): it
 //! starts where the format's prior expects the answer, steps by the score gap over the
 //! slope, interpolates between the closest passing and failing qualities (the score is
-//! close to monotonic and smooth in `q`) and stops once they are one step apart.
+//! close to monotonic and smooth in `q`) and stops once they are one step apart. AVIF is
+//! searched with a fast stand-in encoder, then through every libaom qindex between the two
+//! closest `q`s, and the output comes from a slower encoder settled near the stand-in's
+//! answer (`avif_search`).
 //!
 //! The metric is our own SSIMULACRA2 ([`super::ssim2`]: the reference side computed once
 //! per image in [`Scorer`], each candidate's blurs streamed row by row, AVX2 chosen at run
