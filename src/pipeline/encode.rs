@@ -47,15 +47,9 @@ pub fn encode(image: &Prepared, spec: &EncodeSpec) -> Result<Vec<u8>, PipelineEr
         )
         .map_err(failed),
         OutputFormat::Avif => {
-            // Gray sources keep one luma plane (4:0:0): no chroma to spend bits on.
-            let (pixels, channels) = packed_channels(image);
-            let input = encode_avif::AvifInput {
-                pixels: &pixels,
-                width: w,
-                height: h,
-                channels,
-            };
-            encode_avif::encode(&input, spec.quality, spec.profile).map_err(failed)
+            let settings = encode_avif::AvifSettings::for_profile(spec.profile);
+            let qindex = encode_avif::qindex_for(spec.quality, settings.quality_map);
+            encode_avif_at_qindex(image, qindex, &settings)
         }
         OutputFormat::Png => {
             // Keep gray sources one (or two) channels wide: a third of the data.
@@ -79,6 +73,7 @@ pub fn encode_avif_at_qindex(
     qindex: u8,
     settings: &encode_avif::AvifSettings,
 ) -> Result<Vec<u8>, PipelineError> {
+    // Gray sources keep one luma plane (4:0:0): no chroma to spend bits on.
     let (pixels, channels) = packed_channels(image);
     let input = encode_avif::AvifInput {
         pixels: &pixels,

@@ -192,8 +192,9 @@ pub fn quantizer_of(quality: i32) -> i32 {
 /// The libavif quality (0–100) nearest a qindex: libavif still wants one, and the alpha
 /// plane's quality is derived from the colour's.
 fn libavif_quality_of(qindex: u8) -> i32 {
-    let quantizer = f64::from(qindex) * 63.0 / 255.0;
-    (100.0 - quantizer * 100.0 / 63.0).round().clamp(0.0, 100.0) as i32
+    (100.0 - f64::from(qindex) * 100.0 / 255.0)
+        .round()
+        .clamp(0.0, 100.0) as i32
 }
 
 /// `map` read linearly at `q` (not rounded).
@@ -618,6 +619,17 @@ mod tests {
         assert_eq!(qindex_between_quantizers(61.5), 247);
     }
 
+    /// The small RGB image the libaom tests encode.
+    fn rgb_96x64(pixels: &[u8]) -> AvifInput<'_> {
+        assert_eq!(pixels.len(), 96 * 64 * 3);
+        AvifInput {
+            pixels,
+            width: 96,
+            height: 64,
+            channels: 3,
+        }
+    }
+
     fn noise(w: u32, h: u32) -> Vec<u8> {
         let mut state = 0x2545_f491_u32;
         (0..w * h * 3)
@@ -638,12 +650,7 @@ mod tests {
     #[test]
     fn our_libaom_takes_every_qindex() {
         let pixels = noise(96, 64);
-        let input = AvifInput {
-            pixels: &pixels,
-            width: 96,
-            height: 64,
-            channels: 3,
-        };
+        let input = rgb_96x64(&pixels);
         let best = AvifSettings::for_profile(Profile::Best);
         for quality in [40, 55, 70] {
             let own = encode_with(&input, quality, &best).unwrap();
@@ -678,12 +685,7 @@ mod tests {
         let pixels: Vec<u8> = (0..96 * 64 * 3)
             .map(|i| (((i * 37) % 251) ^ (i / 288)) as u8)
             .collect();
-        let input = AvifInput {
-            pixels: &pixels,
-            width: 96,
-            height: 64,
-            channels: 3,
-        };
+        let input = rgb_96x64(&pixels);
         let best = AvifSettings::for_profile(Profile::Best);
         assert!(best.options.contains(&("tune", "iq")));
         let tuned = encode_with(&input, 60, &best).unwrap();
