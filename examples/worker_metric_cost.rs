@@ -119,22 +119,24 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// fast-ssim2's view of opaque prepared pixels.
+fn slice(p: &Prepared) -> fast_ssim2::PixelSlice<'_> {
+    fast_ssim2::PixelSlice::new(
+        p.pixels(),
+        p.width,
+        p.height,
+        p.width as usize * 3,
+        fast_ssim2::PixelDescriptor::RGB8_SRGB,
+    )
+    .unwrap()
+}
+
 /// The SIMD kernels against fast-ssim2's scalar ones on the same pair (reference and
 /// comparison, opaque pixels only): proof that the dispatch really picks SIMD on this CPU.
 fn simd_check(reference: &Prepared, distorted: &Prepared) {
-    use fast_ssim2::{PixelDescriptor, PixelSlice, Ssimulacra2Config, Ssimulacra2Reference};
+    use fast_ssim2::{Ssimulacra2Config, Ssimulacra2Reference};
     if reference.has_alpha() {
         return;
-    }
-    fn slice(p: &Prepared) -> PixelSlice<'_> {
-        PixelSlice::new(
-            p.pixels(),
-            p.width,
-            p.height,
-            p.width as usize * 3,
-            PixelDescriptor::RGB8_SRGB,
-        )
-        .unwrap()
     }
     let run = |config: &Ssimulacra2Config| {
         timed(|| {
@@ -162,7 +164,7 @@ fn loop_metric(
     prepared: &Prepared,
     format: OutputFormat,
 ) -> anyhow::Result<()> {
-    use fast_ssim2::{PixelDescriptor, PixelSlice, Ssimulacra2Reference};
+    use fast_ssim2::Ssimulacra2Reference;
     const RUNS: usize = 20;
     anyhow::ensure!(!reference.has_alpha(), "loop modes take opaque images");
     let spec = EncodeSpec {
@@ -172,16 +174,6 @@ fn loop_metric(
         profile: Profile::Best,
     };
     let candidate = pipeline::decode_output(&prepared.encode(&spec)?)?;
-    fn slice(p: &Prepared) -> PixelSlice<'_> {
-        PixelSlice::new(
-            p.pixels(),
-            p.width,
-            p.height,
-            p.width as usize * 3,
-            PixelDescriptor::RGB8_SRGB,
-        )
-        .unwrap()
-    }
     let start = cpu_time();
     let (new, compare): (Duration, Box<dyn Fn() -> f64>) = match metric {
         "fast-ssim2" => {

@@ -44,13 +44,12 @@ fn main() -> anyhow::Result<()> {
         scorer.score(&prepared)?
     );
     if by_qindex {
-        let map = encode_avif::AvifSettings::for_profile(Profile::Best).quality_map;
+        let settings = encode_avif::AvifSettings::for_profile(Profile::Best);
         let (top, bottom) = (
-            encode_avif::qindex_for(95, map),
-            encode_avif::qindex_for(30, map),
+            encode_avif::qindex_for(95, settings.quality_map),
+            encode_avif::qindex_for(30, settings.quality_map),
         );
         for qindex in (top..=bottom).step_by(step.max(1)) {
-            let settings = encode_avif::AvifSettings::for_profile(Profile::Best);
             let bytes = prepared.encode_avif_at_qindex(qindex, &settings)?;
             let score = scorer.score_encoded(&bytes)?;
             println!("qindex {qindex:3} {:8} B  s2 {score:6.2}", bytes.len());

@@ -436,10 +436,7 @@ fn final_search(
                 if f.qindex <= p.qindex.saturating_add(1) {
                     break;
                 }
-                let rise = (p.score - f.score).max(1e-6);
-                let crossing = f64::from(f.qindex)
-                    - (target - f.score) / rise * f64::from(f.qindex - p.qindex);
-                (crossing.floor() as i32).clamp(i32::from(p.qindex) + 1, i32::from(f.qindex) - 1)
+                i32::from(crossing_inside(target, f, p))
             }
             (Some(p), None) => {
                 let spare = ((p.score - target) / slope).floor() as i32;
@@ -681,17 +678,7 @@ fn fine_search(
         encodes: 0,
     };
     while found.encodes < max_encodes && fail.qindex > pass.qindex.saturating_add(1) {
-        let (lo, hi) = (f64::from(pass.qindex), f64::from(fail.qindex));
-        let rise = pass.score - fail.score;
-        let t = if rise > 1e-6 {
-            ((target - fail.score) / rise).clamp(0.0, 1.0)
-        } else {
-            0.5
-        };
-        let crossing = hi - t * (hi - lo);
-        let qindex = (crossing.floor() as i32)
-            .clamp(i32::from(pass.qindex) + 1, i32::from(fail.qindex) - 1)
-            as u8;
+        let qindex = crossing_inside(target, fail, pass);
         let (score, bytes) = measure(qindex)?;
         found.encodes += 1;
         let trial = FineTrial { qindex, score };
@@ -703,6 +690,21 @@ fn fine_search(
         }
     }
     Ok(found)
+}
+
+/// Where the straight line between `fail` and `pass` crosses `target`, rounded to the
+/// passing side and kept strictly inside the bracket (`fail.qindex > pass.qindex + 1`); the
+/// middle when the two scores are too close to draw a line through.
+fn crossing_inside(target: f64, fail: FineTrial, pass: FineTrial) -> u8 {
+    let (lo, hi) = (f64::from(pass.qindex), f64::from(fail.qindex));
+    let rise = pass.score - fail.score;
+    let t = if rise > 1e-6 {
+        ((target - fail.score) / rise).clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    let crossing = hi - t * (hi - lo);
+    (crossing.floor() as i32).clamp(i32::from(pass.qindex) + 1, i32::from(fail.qindex) - 1) as u8
 }
 
 /// What the search assumes about a format before it has measured the image: where to start
@@ -1212,6 +1214,18 @@ mod tests {
         }
     }
 
+    /// A measure over a synthetic score curve (qindex → score) that records what it was
+    /// asked for; the bytes shrink as the qindex grows.
+    fn recording<'a>(
+        curve: &'a impl Fn(u8) -> f64,
+        seen: &'a mut Vec<u8>,
+    ) -> impl FnMut(u8) -> Result<(f64, Vec<u8>), TuneError> + 'a {
+        move |qindex| {
+            seen.push(qindex);
+            Ok((curve(qindex), vec![0; usize::from(255 - qindex)]))
+        }
+    }
+
     /// `fine_search` on a synthetic score curve over qindex (larger = lower quality).
     fn fine(
         target: f64,
@@ -1221,15 +1235,13 @@ mod tests {
         max_encodes: u32,
     ) -> (Option<u8>, u32, Vec<u8>) {
         let mut seen = Vec::new();
-        let mut measure = |qindex: u8| -> Result<(f64, Vec<u8>), TuneError> {
-            seen.push(qindex);
-            Ok((curve(qindex), vec![0; usize::from(255 - qindex)]))
-        };
+        let mut measure = recording(&curve, &mut seen);
         let at = |qindex: u8| FineTrial {
             qindex,
             score: curve(qindex),
         };
         let found = fine_search(target, at(fail), at(pass), max_encodes, &mut measure).unwrap();
+        drop(measure);
         if let Some((trial, _)) = &found.pass {
             assert!(trial.score >= target);
         }
@@ -1304,11 +1316,9 @@ mod tests {
         max_encodes: u32,
     ) -> (Option<u8>, u32, Vec<u8>) {
         let mut seen = Vec::new();
-        let mut measure = |qindex: u8| -> Result<(f64, Vec<u8>), TuneError> {
-            seen.push(qindex);
-            Ok((curve(qindex), vec![0; usize::from(255 - qindex)]))
-        };
+        let mut measure = recording(&curve, &mut seen);
         let found = final_search(target, proxy_qindex, slope, max_encodes, &mut measure).unwrap();
+        drop(measure);
         if let Some((trial, _)) = &found.pass {
             assert!(trial.score >= target);
             assert_eq!(trial.score, curve(trial.qindex));
