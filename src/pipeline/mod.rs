@@ -329,6 +329,16 @@ pub fn decode_output(encoded: &[u8]) -> Result<Prepared, PipelineError> {
     prepare(encoded, &Params::default(), &limits)
 }
 
+/// A sequential JPEG of ours rewritten as progressive with the same coefficients (so the
+/// same pixels): the worker searches the quality on sequential candidates and rewrites only
+/// the chosen one (`encode_jpeg::progressive_from_sequential`).
+pub fn progressive_jpeg(sequential: &[u8]) -> Result<Vec<u8>, PipelineError> {
+    encode_jpeg::progressive_from_sequential(sequential).map_err(|reason| PipelineError::Encode {
+        format: OutputFormat::Jpeg,
+        reason,
+    })
+}
+
 /// What every step sees: the request, and the image as the previous step left it.
 pub(crate) struct Work<'a> {
     pub source: &'a [u8],

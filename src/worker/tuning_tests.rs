@@ -489,3 +489,78 @@ fn the_worker_search_holds_its_target_against_a_full_decode() {
         }
     }
 }
+
+/// A tuned progressive JPEG is searched on sequential candidates and the chosen one is
+/// rewritten progressive: the file is progressive, shows exactly the pixels that were
+/// scored, and weighs about what a direct progressive encode at that quality weighs.
+#[test]
+fn a_tuned_progressive_jpeg_shows_the_pixels_it_was_scored_on() {
+    let limits = Limits::default();
+    for (name, source) in [("photo-like", photo_like()), ("noise", noise())] {
+        let params: Params = "320w_1r.jpg".parse().unwrap();
+        let prepared = pipeline::prepare(&source, &params, &limits).unwrap();
+        let tuned = tuning::encode_best(
+            &prepared,
+            Some(&prepared),
+            &params,
+            &TuningConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(tuned.method, "tuned", "{name}");
+        assert!(is_progressive_jpeg(&tuned.bytes), "{name}: not progressive");
+        let scorer = Scorer::new(&prepared).unwrap().unwrap();
+        assert_eq!(
+            scorer.score_encoded(&tuned.bytes).unwrap(),
+            tuned.score.unwrap(),
+            "{name}: the written file is not the scored one"
+        );
+        let spec = |progressive| EncodeSpec {
+            format: OutputFormat::Jpeg,
+            quality: tuned.quality,
+            progressive,
+            profile: Profile::Best,
+        };
+        let sequential = prepared.encode(&spec(false)).unwrap();
+        assert!(!is_progressive_jpeg(&sequential));
+        assert_eq!(
+            pipeline::decode_output(&tuned.bytes).unwrap().pixels(),
+            pipeline::decode_output(&sequential).unwrap().pixels(),
+            "{name}: the rewrite changed pixels"
+        );
+        let direct = prepared.encode(&spec(true)).unwrap().len() as f64;
+        let ratio = tuned.bytes.len() as f64 / direct;
+        assert!(
+            (0.98..=1.02).contains(&ratio),
+            "{name}: rewrite {} B against a direct progressive encode's {direct} B",
+            tuned.bytes.len()
+        );
+    }
+}
+
+/// A baseline JPEG's frame header is SOF0 (or SOF1); a progressive one's SOF2.
+fn is_progressive_jpeg(bytes: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
+        let marker = bytes[i + 1];
+        if marker == 0xC2 {
+            return true;
+        }
+        if marker == 0xC0 || marker == 0xC1 || marker == 0xDA {
+            return false;
+        }
+        let length = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+        i += 2 + length;
+    }
+    false
+}
+
+#[test]
+fn rewriting_anything_but_a_jpeg_is_an_error() {
+    for bytes in [
+        &b""[..],
+        b"not a jpeg at all",
+        &[0xFF, 0xD8, 0xFF, 0xDB, 0x00],
+    ] {
+        assert!(pipeline::progressive_jpeg(bytes).is_err());
+    }
+}
