@@ -8,7 +8,9 @@
 //!   with the same tables, which gives smaller files at the same visual quality.
 //!
 //! Both write baseline unless progressive was asked for, 4:2:0 chroma, a JFIF header and
-//! nothing else (no EXIF, no ICC: the pixels are sRGB).
+//! nothing else (no EXIF, no ICC: the pixels are sRGB). The worker's quality search scores
+//! sequential candidates and rewrites only the chosen one progressive
+//! ([`progressive_from_sequential`]).
 
 use std::os::raw::{c_int, c_ulong};
 
