@@ -4,14 +4,15 @@
 //! hard ones (noise, fine text). The worker has time the edge does not, so when the URL did
 //! not pin `q` it searches the encoder quality: every candidate is encoded with the `best`
 //! profile (a progressive JPEG as a sequential one, the chosen candidate rewritten
-//! progressive with the same coefficients), decoded again and scored against the pixels it was encoded from (decoded at 4×
-//! the output, [`crate::pipeline::Profile::shrink_margin`], which scores within a few
-//! tenths of a full decode + Lanczos3, so no second decode is made as the reference), and
-//! the lowest quality that reaches the target wins. The search is bounded (default 6 encodes): it
-//! starts where the format's prior expects the answer, steps by the score gap over the
-//! slope (for JPEG on the log of libjpeg's quantiser scale, where its score is near
-//! straight: [`QualityScale`]), interpolates between the closest passing and failing qualities (the score is
-//! close to monotonic and smooth in `q`) and stops once they are one step apart. AVIF is
+//! progressive with the same coefficients), decoded again and scored against the pixels it
+//! was encoded from (decoded at 4× the output, [`crate::pipeline::Profile::shrink_margin`],
+//! which scores within a few tenths of a full decode + Lanczos3, so no second decode is
+//! made as the reference), and the lowest quality that reaches the target wins. The search
+//! is bounded (default 6 encodes): it starts where the format's prior expects the answer,
+//! steps by the score gap over the slope (for JPEG on the log of libjpeg's quantiser
+//! scale, where its score is near straight: [`QualityScale`]), interpolates between the
+//! closest passing and failing qualities (the score is close to monotonic and smooth in
+//! `q`) and stops once they are one step apart. AVIF is
 //! searched with a fast stand-in encoder, then through every libaom qindex between the two
 //! closest `q`s, and the output comes from a slower encoder settled near the stand-in's
 //! answer (`avif_search`).
@@ -1023,9 +1024,8 @@ fn best_score(trials: &[Trial]) -> f64 {
 ///
 /// - Both sides known: the secant between them, rounded up (a pass is what we need). On a
 ///   curve that is locally straight this lands on the lowest passing quality, and the next
-///   round confirms that the step under it fails, closing the bracket. With
-///   [`Settle::Exact`], mixed with the midpoint when the secant has just landed on the same
-///   side twice.
+///   round confirms that the step under it fails, closing the bracket. Mixed with the
+///   midpoint when the secant has just landed on the same side twice.
 /// - One side known: extrapolate to the target with the slope measured between the two
 ///   trials nearest it on that side when there are two (the image's own), else the prior's,
 ///   and go [`QualityScale::overshoot`] steps past the estimate so the next trial most
