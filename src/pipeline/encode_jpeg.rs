@@ -186,10 +186,7 @@ pub fn progressive_from_sequential(jpeg: &[u8]) -> Result<Vec<u8>, String> {
     caught(libjpeg::catch(|| {
         let mut err = libjpeg::error_mgr();
         let mut destination = MemoryDestination::new();
-        let mut dec = Decompressor {
-            // SAFETY: zeroed is the documented state before jpeg_create_decompress.
-            cinfo: Box::new(unsafe { std::mem::zeroed() }),
-        };
+        let mut dec = libjpeg::Decompressor::zeroed();
         let mut comp = Compressor {
             // SAFETY: zeroed is the documented state before jpeg_create_compress.
             cinfo: Box::new(unsafe { std::mem::zeroed() }),
@@ -223,15 +220,4 @@ pub fn progressive_from_sequential(jpeg: &[u8]) -> Result<Vec<u8>, String> {
         drop(dec);
         Ok(destination.bytes())
     }))
-}
-
-struct Decompressor {
-    cinfo: Box<ffi::jpeg_decompress_struct>,
-}
-
-impl Drop for Decompressor {
-    fn drop(&mut self) {
-        // SAFETY: created by jpeg_create_decompress; destroy is valid in any state.
-        unsafe { ffi::jpeg_destroy_decompress(&mut self.cinfo) };
-    }
 }

@@ -63,6 +63,30 @@ pub enum Caught {
     Panic(String),
 }
 
+/// A decompressor that is destroyed however its scope ends: a return, `?`, or a libjpeg
+/// error unwinding through it. Shared by the loader and the encoder's progressive rewrite.
+pub struct Decompressor {
+    pub cinfo: Box<ffi::jpeg_decompress_struct>,
+}
+
+impl Decompressor {
+    /// All zero, the documented state before `jpeg_create_decompress`.
+    pub fn zeroed() -> Decompressor {
+        Decompressor {
+            // SAFETY: jpeg_decompress_struct is a plain C struct; all-zero is the documented
+            // state before jpeg_create_decompress, and jpeg_destroy_decompress accepts it.
+            cinfo: Box::new(unsafe { std::mem::zeroed() }),
+        }
+    }
+}
+
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        // SAFETY: zeroed or created by jpeg_create_decompress; destroy is valid in any state.
+        unsafe { ffi::jpeg_destroy_decompress(&mut self.cinfo) };
+    }
+}
+
 /// Run `f`, telling a libjpeg failure from any other panic, so the caller can blame the
 /// input for the first and only for the first.
 pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Caught> {

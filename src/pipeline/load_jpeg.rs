@@ -244,17 +244,6 @@ fn read_rows_into(
 }
 
 /// Owns a libjpeg decompressor; destroys it on every exit path, unwinding included.
-struct Decompressor {
-    cinfo: Box<ffi::jpeg_decompress_struct>,
-}
-
-impl Drop for Decompressor {
-    fn drop(&mut self) {
-        // SAFETY: created by jpeg_create_decompress; destroy is valid in any state.
-        unsafe { ffi::jpeg_destroy_decompress(&mut self.cinfo) };
-    }
-}
-
 /// `cmyk_before_resize`: convert CMYK as it is decoded, before the resize
 /// ([`super::load::Decode::cmyk_before_resize`]).
 fn decode(
@@ -278,10 +267,7 @@ fn decode(
         let mut err = libjpeg::error_mgr();
         let mut progress = libjpeg::scan_limiter();
         let mut source = libjpeg::SegmentSource::new(input);
-        let mut dec = Decompressor {
-            // SAFETY: zeroed is the documented initial state before jpeg_create_decompress.
-            cinfo: Box::new(unsafe { std::mem::zeroed() }),
-        };
+        let mut dec = libjpeg::Decompressor::zeroed();
         let cinfo = &mut *dec.cinfo;
         cinfo.common.err = &mut *err;
         // SAFETY: cinfo is zeroed with a valid error manager; the source and the input it
