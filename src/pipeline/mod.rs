@@ -41,6 +41,9 @@ use std::time::{Duration, Instant};
 
 pub use deadline::Deadline;
 pub use load::{SHRINK_MARGIN, SourceFormat};
+/// The loader's header parser, for tests that check what our encoders wrote.
+#[cfg(test)]
+pub(crate) use load_jpeg::read_header as read_jpeg_header;
 
 use crate::variant::{OutputFormat, Params};
 

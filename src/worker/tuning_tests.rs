@@ -537,21 +537,9 @@ fn a_tuned_progressive_jpeg_shows_the_pixels_it_was_scored_on() {
     }
 }
 
-/// A baseline JPEG's frame header is SOF0 (or SOF1); a progressive one's SOF2.
+/// What the loader's header parser says of the frame (SOF2 against SOF0/SOF1).
 fn is_progressive_jpeg(bytes: &[u8]) -> bool {
-    let mut i = 2;
-    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
-        let marker = bytes[i + 1];
-        if marker == 0xC2 {
-            return true;
-        }
-        if marker == 0xC0 || marker == 0xC1 || marker == 0xDA {
-            return false;
-        }
-        let length = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
-        i += 2 + length;
-    }
-    false
+    pipeline::read_jpeg_header(bytes).unwrap().progressive
 }
 
 #[test]
