@@ -313,14 +313,10 @@ pub fn encode_best(
     // skipped, and a sequential candidate decodes faster). The rewrite's bytes are within
     // half a percent of a direct progressive encode (docs/worker.md, "Quality tuning").
     let rewrite_progressive = format == OutputFormat::Jpeg && params.progressive;
-    let candidate = EncodeSpec {
-        progressive: params.progressive && !rewrite_progressive,
-        ..spec(DEFAULT_QUALITY)
-    };
     let mut encode = |quality: u8| {
         Ok(prepared.encode(&EncodeSpec {
-            quality,
-            ..candidate
+            progressive: params.progressive && !rewrite_progressive,
+            ..spec(quality)
         })?)
     };
     let mut choice = search(
