@@ -40,9 +40,19 @@ struct Compressor {
     cinfo: Box<ffi::jpeg_compress_struct>,
 }
 
+impl Compressor {
+    fn zeroed() -> Compressor {
+        Compressor {
+            // SAFETY: zeroed is the documented state before jpeg_create_compress, and
+            // jpeg_destroy_compress accepts it.
+            cinfo: Box::new(unsafe { std::mem::zeroed() }),
+        }
+    }
+}
+
 impl Drop for Compressor {
     fn drop(&mut self) {
-        // SAFETY: created by jpeg_create_compress; destroy is valid in any state.
+        // SAFETY: zeroed or created by jpeg_create_compress; destroy is valid in any state.
         unsafe { ffi::jpeg_destroy_compress(&mut self.cinfo) };
     }
 }
@@ -110,10 +120,7 @@ pub fn encode(
     caught(libjpeg::catch(|| {
         let mut err = libjpeg::error_mgr();
         let mut destination = MemoryDestination::new();
-        let mut comp = Compressor {
-            // SAFETY: zeroed is the documented state before jpeg_create_compress.
-            cinfo: Box::new(unsafe { std::mem::zeroed() }),
-        };
+        let mut comp = Compressor::zeroed();
         let cinfo = &mut *comp.cinfo;
         cinfo.common.err = &mut *err;
         // SAFETY: cinfo has a valid error manager.
@@ -187,10 +194,7 @@ pub fn progressive_from_sequential(jpeg: &[u8]) -> Result<Vec<u8>, String> {
         let mut err = libjpeg::error_mgr();
         let mut destination = MemoryDestination::new();
         let mut dec = libjpeg::Decompressor::zeroed();
-        let mut comp = Compressor {
-            // SAFETY: zeroed is the documented state before jpeg_create_compress.
-            cinfo: Box::new(unsafe { std::mem::zeroed() }),
-        };
+        let mut comp = Compressor::zeroed();
         let src = &mut *dec.cinfo;
         src.common.err = &mut *err;
         let dst = &mut *comp.cinfo;
